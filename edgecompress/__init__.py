@@ -1,0 +1,52 @@
+"""edgecompress: compress PyTorch models for edge devices and measure them there.
+
+>>> import edgecompress as ec
+>>> model = ec.zoo.create("mobilenetv2_cifar_tiny", num_classes=10)
+
+Names are imported lazily, so ``import edgecompress`` is cheap and loading a bundle
+(``ec.load_bundle``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> (module, attribute); attribute None means the module itself
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "zoo": ("edgecompress.nas.zoo", None),
+    "data": ("edgecompress.data", None),
+    "Result": ("edgecompress.compress.result", "Result"),
+    "TrainConfig": ("edgecompress.compress.train", "TrainConfig"),
+    "train": ("edgecompress.compress.train", "train"),
+    "evaluate": ("edgecompress.compress.train", "evaluate"),
+    "export_onnx": ("edgecompress.export.onnx", "export_onnx"),
+    "ExportReport": ("edgecompress.export.onnx", "ExportReport"),
+    "Engine": ("edgecompress.runtime.engine", "Engine"),
+    "load_engine": ("edgecompress.runtime.engine", "load_engine"),
+    "profile": ("edgecompress.profiler", "profile"),
+    "ProfileConfig": ("edgecompress.profiler", "ProfileConfig"),
+    "demo": ("edgecompress.demo", "demo"),
+    "EdgeCompressError": ("edgecompress.errors", "EdgeCompressError"),
+    "BadInputError": ("edgecompress.errors", "BadInputError"),
+    "CheckFailedError": ("edgecompress.errors", "CheckFailedError"),
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'edgecompress' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,42 @@
+"""Test settings: fixed seeds, 2 threads, and hardware markers that say why they are skipped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def _has_nvidia_gpu() -> bool:
+    return shutil.which("nvidia-smi") is not None or os.path.exists("/dev/nvidia0")
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return _has_nvidia_gpu()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu = _has_nvidia_gpu()
+    trt = _has_tensorrt()
+    for item in items:
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU; CI and the dev machines have none "
+                                                    "(run on a lent GPU machine)"))
+        if "tensorrt" in item.keywords and not trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT and an NVIDIA GPU; not installed here"))
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
