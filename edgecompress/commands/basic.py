@@ -13,9 +13,11 @@ def _zoo_configure(p: argparse.ArgumentParser) -> None:
 
 
 def _zoo_run(args: argparse.Namespace) -> tuple[list[dict], str]:
+    from dataclasses import asdict
+
     from edgecompress.nas import zoo
 
-    rows = [zoo.info(n).as_dict() for n in zoo.names()]
+    rows = [asdict(zoo.info(n)) for n in zoo.names()]
     if args.family:
         rows = [r for r in rows if r["family"] == args.family]
     width = max(len(r["name"]) for r in rows) if rows else 4
