@@ -43,3 +43,8 @@ def write_html(report: dict, path: str | Path, title: str = "edgecompress run") 
     from edgecompress.fileio import write_text_atomic
 
     return write_text_atomic(path, render_html(report, title))
+
+
+def format_summary(summary: dict) -> list[str]:
+    """One indented ``key: value`` line per summary figure (floats to 4 significant digits)."""
+    return [f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}" for k, v in summary.items()]

@@ -18,12 +18,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> tuple[dict, str]:
     from edgecompress.demo import DemoConfig, demo
+    from edgecompress.report import format_summary
 
     config = DemoConfig(epochs=args.epochs, width_mult=args.width_mult, threads=args.threads, quick=args.quick,
                         skip=tuple(args.skip))
     report = demo(args.output, config)
     lines = [f"run directory: {args.output} (report.json, report.html, model.onnx)"]
-    lines += [f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}" for k, v in report["summary"].items()]
+    lines += format_summary(report["summary"])
     return report, "\n".join(lines)
 
 

@@ -69,3 +69,14 @@ def test_bad_usage_exits_2():
 def test_debug_shows_the_traceback(tmp_path):
     r = cli("--debug", "profile", "missing.onnx", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_report_renders_a_run(tmp_path):
+    (tmp_path / "report.json").write_text(json.dumps({"stages": {"train": {"val_accuracy": 0.97}},
+                                                      "summary": {"fp32_val_accuracy": 0.97}}))
+    r = cli("report", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "fp32_val_accuracy: 0.97" in r.stdout
+    assert "val_accuracy" in (tmp_path / "report.html").read_text()
+    r = cli("report", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "report.json: no such file" in r.stderr
