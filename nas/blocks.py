@@ -47,6 +47,12 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
+def conv_output_size(size: int, kernel: int, stride: int) -> int:
+    """Output length of a conv with 'same' padding (k-1)//2: floor((n + 2p - k) / s) + 1."""
+    padding = (kernel - 1) // 2
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 class ConvBNAct(nn.Sequential):
     """Conv2d (bias-free, 'same' padding (k-1)//2) + BatchNorm2d + activation, as one Sequential.
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from edgecompress.nas.blocks import InvertedResidual
+from edgecompress.nas.blocks import InvertedResidual, conv_output_size
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,6 @@ def _positive(**values: int | float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def conv_output_size(size: int, kernel: int, stride: int) -> int:
-    """Output length of a conv with 'same' padding (k-1)//2: floor((n + 2p - k) / s) + 1."""
-    padding = (kernel - 1) // 2
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def e2gc_cost(

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from edgecompress.nas.blocks import ConvBNAct, InvertedResidual, make_divisible
-from edgecompress.nas.e2gc import E2GCInvertedResidual, conv_output_size
+from edgecompress.nas.blocks import ConvBNAct, InvertedResidual, conv_output_size, make_divisible
+from edgecompress.nas.e2gc import E2GCInvertedResidual
 from edgecompress.nas.tvconv import TVConvInvertedResidual
 
 #: (t, c, n, s): expansion, output channels, repeats, stride of the first block.

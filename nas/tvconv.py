@@ -43,8 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.errors import BadInputError
-from edgecompress.nas.blocks import InvertedResidual
-from edgecompress.nas.e2gc import conv_output_size
+from edgecompress.nas.blocks import InvertedResidual, conv_output_size
 
 
 def per_pixel_depthwise(x: torch.Tensor, weight: torch.Tensor, stride: int = 1) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Test settings: fixed seeds, 2 threads, and hardware markers that say why they are skipped."""
+"""Test settings: fixed seeds, 1 thread (tiny models; no oversubscription on 2 shared cores), and hardware markers that say why they are skipped."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _has_nvidia_gpu() -> bool:
@@ -38,5 +38,5 @@ def _seed_and_threads():
     import torch
 
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -21,16 +20,6 @@ from edgecompress.nas.e2gc import (
 )
 from edgecompress.nas.mobilenetv2 import MobileNetV2
 from edgecompress.nas.tvconv import TVConv, TVConvInvertedResidual, fuse_tvconv, per_pixel_depthwise
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core machines, 2 OpenMP threads next to another busy
-    process make a 2 ms forward take hundreds of ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def n_params(module: nn.Module) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,16 +18,6 @@ REQUIRED = [
     "mobilenetv2_cifar_tiny", "mobilenetv2_e2gc_cifar_tiny", "mobilenetv2_tvconv_cifar_tiny",
     "resnet_cifar_tiny", "vgg_tiny",
 ]  # fmt: skip
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on the shared 2-core machines, 2 OpenMP threads next to another busy
-    process make a 2 ms forward take hundreds of ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def n_params(model: nn.Module) -> int:
