@@ -1,4 +1,5 @@
-"""Test settings: fixed seeds, 1 thread (tiny models; no oversubscription on 2 shared cores), and hardware markers that say why they are skipped."""
+"""Test settings: fixed seeds, 1 thread (tiny models; no oversubscription on 2 shared cores),
+and hardware markers that say why they are skipped."""
 
 from __future__ import annotations
 
