@@ -32,6 +32,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "EdgeCompressError": ("edgecompress.errors", "EdgeCompressError"),
     "BadInputError": ("edgecompress.errors", "BadInputError"),
     "CheckFailedError": ("edgecompress.errors", "CheckFailedError"),
+    "OTO": ("edgecompress.compress.otov2.api", "OTO"),
+    "OTOv2Config": ("edgecompress.compress.otov2.api", "OTOv2Config"),
+    "prune": ("edgecompress.compress.otov2.api", "prune"),
+    "DHSPG": ("edgecompress.compress.otov2.dhspg", "DHSPG"),
+    "save_pruned": ("edgecompress.compress.otov2.serialize", "save_pruned"),
+    "load_pruned": ("edgecompress.compress.otov2.serialize", "load_pruned"),
 }
 
 __all__ = sorted(_LAZY)
