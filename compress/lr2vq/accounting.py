@@ -1,0 +1,81 @@
+"""Exact size accounting of a vector-quantised model, from real bits, per layer and in total.
+
+Counting rules (PQF's ``src/utils/model_size.py`` counts the same way, shared/reference/methods.md §1.5):
+
+- a quantised layer (``LR2VQLayer``) stores ``N * ceil(log2 k)`` bits of codes, ``k * d`` fp16 codebook
+  entries, ``m * d`` fp16 projection entries (none for plain PQ, where ``P = I``) and its bias in fp16:
+  ``bits = N ceil(log2 k) + 16 k d + 16 m d + 16 |bias|``;
+- every other floating tensor of the state dict (BatchNorm weight/bias/running mean/var, layers left
+  uncompressed, e.g. a first conv whose row length ``m`` does not divide) is stored in fp16: 16 bits each;
+- integer buffers (BatchNorm's ``num_batches_tracked``) are not stored (inference does not read them);
+- the reference is the FP32 model: every floating tensor of its state dict at 32 bits (the quantised
+  layers' original weights included), integer buffers excluded.
+
+``ratio = reference bits / compressed bits``. The bytes of the files actually written (checkpoint
+header, byte padding of each layer's packed codes, ONNX graph) are reported next to this figure by the
+callers, never folded into it.
+
+>>> vq_layer_bits(n=32, k=4, d=2, m=4, identity=False, bias=8)["total"]
+448
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from edgecompress.compress.lr2vq.block import LR2VQLayer, code_bits
+
+FLOAT_BITS = 16  # storage precision of codebooks, projections and every uncompressed float tensor
+
+
+def vq_layer_bits(n: int, k: int, d: int, m: int, identity: bool, bias: int) -> dict[str, int]:
+    """Bits of one quantised layer: codes, codebook, projection, bias and their total."""
+    bits = {"codes": n * code_bits(k), "codebook": FLOAT_BITS * k * d,
+            "projection": 0 if identity else FLOAT_BITS * m * d,
+            "bias": FLOAT_BITS * bias}
+    bits["total"] = sum(bits.values())
+    return bits
+
+
+def account(model: nn.Module) -> dict:
+    """Per-layer and total bits of ``model`` (with its ``LR2VQLayer`` blocks) against its FP32 reference.
+
+    Returns ``{"layers": [...], "other": {...}, "reference_bytes", "compressed_bytes", "ratio"}``; byte
+    figures are bits / 8 (exact, before any file padding). Source: counted from the tensors' shapes.
+    """
+    layers, covered = [], set()
+    ref_bits = comp_bits = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, LR2VQLayer):
+            continue
+        bias = 0 if module.bias is None else module.bias.numel()
+        bits = vq_layer_bits(module.n, module.k, module.d, module.m, module.identity, bias)
+        ref = 32 * (module.n * module.m + bias)
+        layers.append({"name": name, "kind": module.kind, "weight_shape": list(module.weight_shape), "m": module.m,
+                       "d": module.d, "k": module.k, "n_subvectors": module.n, "code_bits": code_bits(module.k),
+                       "identity": module.identity, "bits": bits, "reference_bytes": ref / 8,
+                       "compressed_bytes": bits["total"] / 8, "ratio": ref / bits["total"]})
+        ref_bits += ref
+        comp_bits += bits["total"]
+        covered.add(name)
+    other_ref = other_comp = 0
+    other_tensors = 0
+    for key, tensor in model.state_dict().items():
+        owner = key.rpartition(".")[0]
+        if owner in covered or not tensor.is_floating_point():
+            continue
+        other_ref += 32 * tensor.numel()
+        other_comp += FLOAT_BITS * tensor.numel()
+        other_tensors += 1
+    ref_bits += other_ref
+    comp_bits += other_comp
+    return {
+        "source": "counted from tensor shapes (exact bits; file headers/padding excluded)",
+        "rules": "codes ceil(log2 k) bits; codebooks, projections, biases and every other float tensor fp16; "
+                 "integer buffers not stored; reference = every float tensor of the FP32 model at 32 bits",
+        "layers": layers,
+        "other": {"tensors": other_tensors, "reference_bytes": other_ref / 8, "compressed_bytes": other_comp / 8},
+        "reference_bytes": ref_bits / 8,
+        "compressed_bytes": comp_bits / 8,
+        "ratio": ref_bits / comp_bits if comp_bits else float("inf"),
+    }

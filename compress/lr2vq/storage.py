@@ -1,0 +1,165 @@
+"""The compact checkpoint: bit-packed codes, fp16 codebooks and tensors, no pickle anywhere.
+
+Hand-written file format (``.ecvq``), readable with numpy alone:
+
+    bytes 0..7    magic b"ECVQ\\x00\\x00\\x00\\x01"
+    bytes 8..11   H: length of the header, uint32 little-endian
+    next H bytes  zlib-compressed UTF-8 JSON header
+    the rest      the tensors' raw little-endian bytes, concatenated in header order
+
+The header holds ``tensors``: ``[[name, dtype, shape], ...]`` (offsets follow from the order and
+sizes) and ``layers``: ``{module name: {"m", "d", "k", "identity", "n"}}`` for every quantised layer.
+Codes are stored with dtype ``"bitsB"``: ``n`` codes of ``B = ceil(log2 k)`` bits, packed little-endian
+bit order (``np.packbits(..., bitorder="little")``), padded to a whole byte per layer. Every other
+floating tensor is stored as float16 (the frozen model's values are already fp16-exact, so a reload
+reproduces the model bit for bit); integer buffers (BatchNorm's ``num_batches_tracked``) are not stored
+and keep the architecture's values on load.
+
+Loading needs the architecture (the uncompressed model, e.g. a fresh zoo model or the pruned module that
+was quantised): the named Conv2d/Linear layers are replaced by frozen ``LR2VQLayer`` blocks, then every
+stored tensor is copied in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecompress.compress.lr2vq.block import LR2VQLayer, code_bits
+from edgecompress.errors import BadInputError
+
+MAGIC = b"ECVQ\x00\x00\x00\x01"
+_FLOAT_DTYPES = {"float16": np.float16}
+
+
+def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
+    """``n`` codes < 2**bits -> ``ceil(n bits / 8)`` bytes (little-endian bit order)."""
+    codes = np.asarray(codes, dtype=np.int64).ravel()
+    if codes.size and (codes.min() < 0 or codes.max() >= 1 << bits):
+        raise ValueError(f"codes outside [0, 2**{bits})")
+    planes = ((codes[:, None] >> np.arange(bits)) & 1).astype(np.uint8)  # (n, bits)
+    return np.packbits(planes.ravel(), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of ``pack_bits``: ``n`` codes as int64."""
+    planes = np.unpackbits(np.asarray(packed, np.uint8), count=n * bits, bitorder="little").reshape(n, bits)
+    return (planes.astype(np.int64) << np.arange(bits)).sum(1)
+
+
+def _quantised_layers(model: nn.Module) -> dict[str, LR2VQLayer]:
+    layers = {name: mod for name, mod in model.named_modules() if isinstance(mod, LR2VQLayer)}
+    for name, mod in layers.items():
+        if mod.phase != "frozen":
+            raise ValueError(f"layer {name!r} is in phase {mod.phase!r}; freeze the model before saving")
+    return layers
+
+
+def save_compact(model: nn.Module, path: str | Path, meta: dict | None = None) -> dict:
+    """Write ``model`` (frozen LR2VQ layers) to ``path`` atomically; returns ``{"path", "bytes", ...}``."""
+    path = Path(path)
+    layers = _quantised_layers(model)
+    tensors, blobs, layer_meta = [], [], {}
+    for name, mod in layers.items():
+        layer_meta[name] = {"m": mod.m, "d": mod.d, "k": mod.k, "identity": mod.identity, "n": mod.n,
+                            "kind": mod.kind, "weight_shape": list(mod.weight_shape)}
+    for key, tensor in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if not tensor.is_floating_point() and not (owner in layers and leaf == "codes"):
+            continue  # integer buffers are not stored
+        if owner in layers and leaf == "codes":
+            bits = code_bits(layers[owner].k)
+            blob = pack_bits(tensor.numpy().astype(np.int64), bits).tobytes()
+            tensors.append([key, f"bits{bits}", [int(tensor.numel())]])
+        else:
+            array = tensor.detach().cpu().numpy().astype(np.float16)
+            if not np.array_equal(array.astype(np.float32), tensor.detach().cpu().float().numpy()):
+                raise ValueError(f"tensor {key!r} is not fp16-exact; freeze the model (round to fp16) before saving")
+            blob = array.astype("<f2").tobytes()
+            tensors.append([key, "float16", list(tensor.shape)])
+        blobs.append(blob)
+    header = zlib.compress(json.dumps({"format": "edgecompress-lr2vq", "version": 1, "tensors": tensors,
+                                       "layers": layer_meta, "meta": meta or {}},
+                                      separators=(",", ":")).encode(), 9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(MAGIC + struct.pack("<I", len(header)) + header)
+            for blob in blobs:
+                f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    payload = sum(len(b) for b in blobs)
+    return {"path": str(path), "bytes": path.stat().st_size, "payload_bytes": payload,
+            "header_bytes": len(MAGIC) + 4 + len(header), "tensors": len(tensors)}
+
+
+def read_compact(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header and the stored arrays of a compact checkpoint (codes unpacked to int64)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such compact checkpoint")
+    data = path.read_bytes()
+    if data[:8] != MAGIC:
+        raise BadInputError(f"{path}: not an edgecompress LR2VQ checkpoint (bad magic)")
+    (h,) = struct.unpack("<I", data[8:12])
+    try:
+        header = json.loads(zlib.decompress(data[12:12 + h]))
+    except (zlib.error, ValueError) as exc:
+        raise BadInputError(f"{path}: corrupt header ({exc})") from None
+    arrays, offset = {}, 12 + h
+    for key, dtype, shape in header["tensors"]:
+        n = int(np.prod(shape)) if shape else 1
+        if dtype.startswith("bits"):
+            bits = int(dtype[4:])
+            size = (n * bits + 7) // 8
+            arrays[key] = unpack_bits(np.frombuffer(data, np.uint8, size, offset), bits, n)
+        elif dtype == "float16":
+            size = 2 * n
+            arrays[key] = np.frombuffer(data, "<f2", n, offset).reshape(shape)
+        else:
+            raise BadInputError(f"{path}: tensor {key!r} has unknown dtype {dtype!r}")
+        if offset + size > len(data):
+            raise BadInputError(f"{path}: truncated at tensor {key!r}")
+        offset += size
+    if offset != len(data):
+        raise BadInputError(f"{path}: {len(data) - offset} trailing bytes after the last tensor")
+    return header, arrays
+
+
+def load_compact(path: str | Path, architecture: nn.Module) -> nn.Module:
+    """Rebuild the frozen quantised model from ``path`` into ``architecture`` (modified in place, returned)."""
+    header, arrays = read_compact(path)
+    modules = dict(architecture.named_modules())
+    for name, spec in header["layers"].items():
+        layer = modules.get(name)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise BadInputError(f"{path}: layer {name!r} is not a Conv2d/Linear of the given architecture")
+        if list(layer.weight.shape) != spec["weight_shape"]:
+            raise BadInputError(f"{path}: layer {name!r} has weight shape {spec['weight_shape']} in the checkpoint, "
+                                f"the architecture has {list(layer.weight.shape)}")
+        block = LR2VQLayer.frozen_like(layer, spec["m"], spec["d"], spec["k"], spec["identity"])
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(architecture.get_submodule(parent_name) if parent_name else architecture, leaf, block)
+    state = architecture.state_dict()
+    missing = [k for k, v in state.items() if v.is_floating_point() and k not in arrays]
+    unknown = [k for k in arrays if k not in state]
+    if missing or unknown:
+        raise BadInputError(f"{path}: checkpoint does not fit the architecture (missing {missing[:5]}, "
+                            f"unknown {unknown[:5]})")
+    for key, array in arrays.items():
+        target = state[key]
+        state[key] = torch.from_numpy(np.array(array)).to(target.dtype).reshape(target.shape)
+    architecture.load_state_dict(state)
+    return architecture.eval()
