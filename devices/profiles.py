@@ -203,7 +203,8 @@ def _clock_ghz() -> float | None:
     return None
 
 
-def _complete_host(base: DeviceProfile, measured: dict) -> DeviceProfile:
+def _complete_host(base: DeviceProfile, measured: dict | None) -> DeviceProfile:
+    """The host profile with what this machine says; peak and bandwidth only when ``measured`` is given."""
     figures = dict(base.figures)
     cores = usable_cores()
 
@@ -214,24 +215,30 @@ def _complete_host(base: DeviceProfile, measured: dict) -> DeviceProfile:
     set_("processor", cpu_model())
     set_("cores", cores)
     set_("clock_ghz", _clock_ghz())
+    per_core = figures.get("load_power_w_per_core")
+    if "load_power_w" not in figures and per_core is not None and per_core.value is not None:
+        figures["load_power_w"] = Figure(round(per_core.value * cores, 3), "derived",
+                                         f"{cores} usable cores x {per_core.value} W/core ({per_core.ref})")
+    if measured is None:
+        return replace(base, figures=figures)
     set_("peak_fp32_gflops", round(measured["peak_fp32_gflops"], 2),
          f"{measured['peak_method']} ({measured['measured_at']})")
     set_("memory_bandwidth_gbs", round(measured["memory_bandwidth_gbs"], 2),
          f"{measured['copy_method']} ({measured['measured_at']})")
     if figures["peak_int8_gops"].value is None:
         set_("peak_int8_gops", round(2 * measured["peak_fp32_gflops"], 2))
-    per_core = figures.get("load_power_w_per_core")
-    if "load_power_w" not in figures and per_core is not None and per_core.value is not None:
-        figures["load_power_w"] = Figure(round(per_core.value * cores, 3), "derived",
-                                         f"{cores} usable cores x {per_core.value} W/core ({per_core.ref})")
     return replace(base, figures=figures)
 
 
 def load_profile(name: str, *, measure_host: bool = True, cache: Path | None = None) -> DeviceProfile:
-    """The named profile; for ``host`` with ``measure_host``, filled with this machine's measurements."""
+    """The named profile (``BadInputError`` listing the known ones otherwise).
+
+    ``host`` is completed with this machine's CPU, cores, clock and load power; with ``measure_host``
+    also its peak GFLOP/s and copy bandwidth (measured on first use, then cached).
+    """
     base = PROFILES.get(name)
-    if name == "host" and measure_host:
-        return _complete_host(base, host_measurements(cache=cache))
+    if name == "host":
+        return _complete_host(base, host_measurements(cache=cache) if measure_host else None)
     return base
 
 

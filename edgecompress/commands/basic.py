@@ -71,11 +71,26 @@ def _export_run(args: argparse.Namespace) -> tuple[dict, str]:
 def _profile_configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--runtime", default="onnxruntime", help="onnxruntime (default), tvm, tensorrt")
-    p.add_argument("--device", default="host", help="device profile name (default host)")
+    p.add_argument("--device", default="host",
+                   help="device profile name (default host; `edgecompress devices` lists them); a device that is "
+                        "not attached gets predicted figures")
     p.add_argument("--threads", type=int, help="threads (default: all usable cores)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--energy", default="auto", metavar="auto|rapl|nvml|jetson|rpi5|csv:FILE|none",
+                   help="energy meter (default auto: try the device's meters; an estimate, labelled so, when none "
+                        "is readable)")
+    p.add_argument("--energy-seconds", type=float, default=2.0, help="length of the energy window (default 2 s)")
+    p.add_argument("--idle-seconds", type=float, default=1.0, help="idle window for idle power (default 1 s)")
+    p.add_argument("--offline-batch", type=int, help="batch of the offline-throughput run (default --batch)")
+    p.add_argument("--per-layer", action="store_true", help="per-layer breakdown from onnxruntime's profiler")
+    p.add_argument("--histogram", metavar="PNG", help="write a latency histogram here")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--remote", metavar="HOST:PORT", help="a board's TVM RPC server (needs --runtime tvm)")
+    where.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker (with --key)")
+    p.add_argument("--key", help="the tracker key the boards registered under")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds for each RPC step (default 60)")
     p.add_argument("-o", "--output", help="also write the report as JSON here")
 
 
@@ -84,7 +99,10 @@ def _profile_run(args: argparse.Namespace) -> tuple[dict, str]:
     from edgecompress.profiler import ProfileConfig, format_report, profile
 
     config = ProfileConfig(runtime=args.runtime, device=args.device, threads=args.threads, batch=args.batch,
-                           warmup=args.warmup, repeats=args.repeats)
+                           warmup=args.warmup, repeats=args.repeats, energy=args.energy,
+                           energy_seconds=args.energy_seconds, idle_seconds=args.idle_seconds,
+                           offline_batch=args.offline_batch, per_layer=args.per_layer, histogram=args.histogram,
+                           remote=args.remote, tracker=args.tracker, key=args.key, remote_timeout_s=args.timeout)
     report = profile(Path(args.model), config=config)
     if args.output:
         write_json_atomic(args.output, report)
@@ -94,5 +112,5 @@ def _profile_run(args: argparse.Namespace) -> tuple[dict, str]:
 COMMANDS.add("zoo", Command("zoo", "list the model zoo", _zoo_configure, _zoo_run))
 COMMANDS.add("export", Command("export", "export a model to ONNX, checked against torch in onnxruntime",
                                _export_configure, _export_run))
-COMMANDS.add("profile", Command("profile", "measure latency of an ONNX model on a runtime",
+COMMANDS.add("profile", Command("profile", "latency and energy of an ONNX model on a device (measured, or predicted)",
                                 _profile_configure, _profile_run))

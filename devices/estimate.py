@@ -1,0 +1,350 @@
+"""Predicted latency and estimated energy from an ONNX graph and a device profile: a per-layer roofline.
+
+Hand-written (no library predicts latency from an ONNX graph and our profiles); pure functions over
+``LayerCost`` records, no torch.
+
+Per layer ``l`` (an ONNX node, shapes from ``onnx.shape_inference`` with the batch fixed):
+
+- ``MACs_l``: Conv ``N*C_out*H_out*W_out*(C_in/groups)*k_h*k_w``; ConvTranspose the same over the
+  input; Gemm/MatMul ``(output elements) * K``; every other op 0.
+- ``bytes_l``: every input (activations and weights) plus every output, at its dtype's size: the
+  data a layer moves if nothing stays in cache (the data-movement term E2GC argues about).
+- An activation (``FUSED_ACTIVATIONS``) whose only input comes from a Conv/Gemm/MatMul is not a layer:
+  onnxruntime, TVM and TensorRT all fuse it into the producer.
+- ``t_compute = 2*MACs_l / (eta_c * peak)``,
+  ``t_memory = act_bytes_l / (eta_m * bandwidth) + weight_bytes_l / (eta_w * bandwidth)``, and
+  ``t_l = max(t_compute, t_memory) + t_node``. Weights (initializers) and activations get separate
+  efficiencies: a CNN's activations mostly stay in cache between layers while its weights are streamed
+  from DRAM once per inference when the model is larger than the cache.
+
+**max, not sum.** Within a layer the cores compute while the prefetchers stream the next tiles, so a
+layer is bound by the slower of the two (the roofline model, Williams et al. 2009); layers run one
+after another, so the model's latency is the sum over layers. A sum of the two terms would count the
+overlapped time twice and over-predict compute-heavy layers.
+
+**Calibration.** ``eta_c`` (fraction of peak the runtime reaches), ``eta_m`` and ``eta_w`` (effective
+bandwidth for activations and weights over the copy bandwidth; above 1 when data stay in cache) and
+``t_node`` (per-node dispatch overhead) are fitted to measured latencies (``fit_calibration``, least
+squares on relative error), with ``cache_mb``: a model whose weights total at most that much keeps them
+in cache, so its weights move at the activations' rate ``eta_m``.
+Without a fit the figures are the raw roofline (``eta=1``, ``t_node=0``), a lower bound. A device that
+is not attached takes the calibration of the host of the same kind, with ``t_node`` scaled by the
+clock ratio; the result says so. Every figure is labelled ``predicted`` (latency) or ``estimated``
+(energy) and never ``measured``.
+
+Energy: ``E = P_load * t`` per layer, with the profile's load power; idle power is reported beside it.
+
+>>> costs = [LayerCost("conv", "Conv", macs=10**6, bytes_moved=10**5)]
+>>> round(predict_latency(costs, 10.0, 5.0)["latency_ms"], 3)   # 2e6/10e9 = 0.2 ms vs 1e5/5e9 = 0.02 ms
+0.2
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress.errors import BadInputError
+
+FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
+_MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CACHE_MB_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+_DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """One node's work: multiply-accumulates and bytes read + written."""
+
+    name: str
+    op_type: str
+    macs: int
+    bytes_moved: int
+    params: int = 0
+    weight_bytes: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted efficiencies: ``eta_c`` of peak compute, ``eta_m``/``eta_w`` of copy bandwidth for activations
+    and weights, ``node_us`` per node."""
+
+    eta_c: float = 1.0
+    eta_m: float = 1.0
+    eta_w: float = 1.0
+    node_us: float = 0.0
+    cache_mb: float = 0.0
+    source: str = "uncalibrated"
+    ref: str = "raw roofline: peak compute and copy bandwidth, no overhead (a lower bound)"
+    # the peak and bandwidth the efficiencies were fitted against (used instead of a fresh measurement
+    # of the same device, so a noisy re-measurement does not shift the prediction)
+    fitted_peak_gflops: float | None = None
+    fitted_bandwidth_gbs: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.eta_c > 0 and math.isfinite(self.eta_c)):
+            raise ValueError(f"eta_c={self.eta_c}: must be > 0")
+        if not (self.eta_m > 0 and math.isfinite(self.eta_m)):
+            raise ValueError(f"eta_m={self.eta_m}: must be > 0")
+        if not (self.eta_w > 0 and math.isfinite(self.eta_w)):
+            raise ValueError(f"eta_w={self.eta_w}: must be > 0")
+        if self.node_us < 0:
+            raise ValueError(f"node_us={self.node_us}: must be >= 0")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- ONNX graph -> costs
+
+def _static_model(model, batch: int):
+    """A copy of ``model`` with every symbolic input dim set to ``batch``, shapes inferred."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for inp in m.graph.input:
+        for d in inp.type.tensor_type.shape.dim:
+            if not d.HasField("dim_value"):
+                d.dim_value = batch
+    try:
+        return onnx.shape_inference.infer_shapes(m, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises InferenceError / ValidationError
+        raise BadInputError(f"ONNX shape inference failed: {str(exc).splitlines()[0]}") from None
+
+
+def layer_costs(model_or_path, batch: int = 1) -> list[LayerCost]:
+    """Per-node MACs and bytes of an ONNX model (a path or a ``ModelProto``) at ``batch``."""
+    import onnx
+
+    if batch < 1:
+        raise ValueError(f"batch={batch}: must be >= 1")
+    if isinstance(model_or_path, (str, Path)):
+        path = Path(model_or_path)
+        if not path.is_file():
+            raise BadInputError(f"{path}: no such ONNX file")
+        model = onnx.load(str(path))
+    else:
+        model = model_or_path
+    m = _static_model(model, batch)
+    g = m.graph
+    shapes: dict[str, tuple[tuple[int, ...], int]] = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+            shapes[vi.name] = (dims, t.elem_type)
+    inits = {i.name: (tuple(i.dims), i.data_type) for i in g.initializer}
+    shapes.update(inits)
+    producers = {o: n.op_type for n in g.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in g.node:
+        for x in n.input:
+            consumers[x] = consumers.get(x, 0) + 1
+    costs = []
+    for i, node in enumerate(g.node):
+        if node.op_type == "Constant":
+            continue
+        if (node.op_type in FUSED_ACTIVATIONS and node.input and producers.get(node.input[0]) in _MAC_OPS
+                and consumers.get(node.input[0]) == 1):
+            continue  # runtimes fuse an activation into the Conv/Gemm before it: no node, no extra traffic
+        name = node.name or f"{node.op_type}_{i}"
+        ins = [shapes.get(x) for x in node.input if x]
+        outs = [shapes.get(x) for x in node.output if x]
+        if any(s is None or min(s[0], default=0) < 0 for s in outs):
+            raise BadInputError(f"node {name!r} ({node.op_type}): output shape unknown after shape inference")
+        nbytes = sum(_nbytes(s) for s in ins if s is not None and min(s[0], default=0) >= 0)
+        nbytes += sum(_nbytes(s) for s in outs)
+        params = sum(int(np.prod(inits[x][0])) for x in node.input if x in inits)
+        wbytes = sum(_nbytes(inits[x]) for x in node.input if x in inits)
+        costs.append(LayerCost(name, node.op_type, _macs(node, ins, outs), nbytes, params, wbytes))
+    return costs
+
+
+def _nbytes(shape_type: tuple[tuple[int, ...], int]) -> int:
+    dims, elem = shape_type
+    return int(np.prod(dims, dtype=np.int64)) * _DTYPE_BYTES.get(elem, 4)
+
+
+def _macs(node, ins, outs) -> int:
+    out = outs[0][0] if outs else ()
+    if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+        w = ins[3 if node.op_type == "QLinearConv" else 1][0]
+        return int(np.prod(out, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+    if node.op_type == "ConvTranspose":
+        x, w = ins[0][0], ins[1][0]
+        return int(np.prod(x, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+    if node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        a = ins[0][0]
+        trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+        k = a[-2] if trans_a else a[-1]
+        return int(np.prod(out, dtype=np.int64)) * int(k)
+    return 0
+
+
+# ----------------------------------------------------------------------------- costs -> time, energy
+
+def layer_times_s(costs: Sequence[LayerCost], peak_gflops: float, bandwidth_gbs: float,
+                  calibration: Calibration = Calibration()) -> np.ndarray:
+    """(L, 3) array of ``t_compute``, ``t_memory``, ``t_layer`` in seconds (roofline max + node overhead)."""
+    if peak_gflops <= 0 or bandwidth_gbs <= 0:
+        raise ValueError(f"peak_gflops={peak_gflops}, bandwidth_gbs={bandwidth_gbs}: both must be > 0")
+    macs = np.array([c.macs for c in costs], dtype=np.float64)
+    w_bytes = np.array([c.weight_bytes for c in costs], dtype=np.float64)
+    a_bytes = np.array([c.bytes_moved for c in costs], dtype=np.float64) - w_bytes
+    eta_w = calibration.eta_m if w_bytes.sum() <= calibration.cache_mb * 1e6 else calibration.eta_w
+    t_c = 2.0 * macs / (calibration.eta_c * peak_gflops * 1e9)  # (L,)
+    t_m = (a_bytes / calibration.eta_m + w_bytes / eta_w) / (bandwidth_gbs * 1e9)  # (L,)
+    t = np.maximum(t_c, t_m) + calibration.node_us * 1e-6
+    return np.stack([t_c, t_m, t], axis=1) if len(costs) else np.zeros((0, 3))
+
+
+def predict_latency(costs: Sequence[LayerCost], peak_gflops: float, bandwidth_gbs: float,
+                    calibration: Calibration = Calibration(), top: int = 10) -> dict:
+    """``{"source": "predicted", "latency_ms", "compute_bound_layers", "layers": [...top slowest]}``."""
+    times = layer_times_s(costs, peak_gflops, bandwidth_gbs, calibration)
+    total = float(times[:, 2].sum())
+    order = np.argsort(-times[:, 2])[:top]
+    layers = [{"name": costs[i].name, "op_type": costs[i].op_type, "macs": costs[i].macs,
+               "bytes": costs[i].bytes_moved, "ms": float(times[i, 2] * 1e3),
+               "bound": "compute" if times[i, 0] >= times[i, 1] else "memory"} for i in order]
+    return {"source": "predicted", "latency_ms": total * 1e3,
+            "macs": int(sum(c.macs for c in costs)), "bytes_moved": int(sum(c.bytes_moved for c in costs)),
+            "nodes": len(costs), "compute_bound_layers": int(np.sum(times[:, 0] >= times[:, 1])),
+            "peak_gflops": peak_gflops, "bandwidth_gbs": bandwidth_gbs, "calibration": calibration.as_dict(),
+            "layers": layers}
+
+
+def estimate_energy(latency_s: float, load_power_w: float | None, idle_power_w: float | None = None,
+                    latency_source: str = "predicted") -> dict:
+    """``E = P_load * t`` per inference, labelled ``estimated``; idle power beside it."""
+    if load_power_w is None:
+        raise BadInputError("no load power figure for this device: cannot estimate energy")
+    if latency_s < 0:
+        raise ValueError(f"latency_s={latency_s}: must be >= 0")
+    return {"source": "estimated", "joules_per_inference": load_power_w * latency_s,
+            "formula": f"load power {load_power_w:g} W x {latency_source} latency {latency_s * 1e3:.4g} ms",
+            "load_power_w": load_power_w, "idle_power_w": idle_power_w, "latency_source": latency_source}
+
+
+# ----------------------------------------------------------------------------- calibration
+
+def _rel_errors(pred_ms: np.ndarray, measured_ms: np.ndarray) -> np.ndarray:
+    return (pred_ms - measured_ms) / measured_ms
+
+
+def fit_calibration(costs_per_model: Sequence[Sequence[LayerCost]], measured_ms: Sequence[float],
+                    peak_gflops: float, bandwidth_gbs: float, ref: str = "") -> Calibration:
+    """Least-squares fit of ``eta_c, eta_m, eta_w, node_us`` to measured latencies (relative error).
+
+    A log-scale grid over ``eta_c`` (1e-2..1e2), ``eta_m`` and ``eta_w`` (1e-2..1e2); for each point
+    ``node_us`` has a closed form: with roofline sums ``r_i``, node counts ``n_i`` and measurements
+    ``m_i``, minimising ``sum(((r_i + n_i d - m_i) / m_i)^2)`` gives ``d = sum(a_i b_i) / sum(a_i^2)``
+    with ``a_i = n_i/m_i``, ``b_i = 1 - r_i/m_i``, clipped at 0.
+    """
+    m = np.asarray(measured_ms, dtype=np.float64)
+    if len(costs_per_model) != m.size or m.size < 2:
+        raise ValueError("fit_calibration needs two or more models with one measurement each")
+    if np.any(m <= 0):
+        raise ValueError("measured latencies must be > 0")
+    n = np.array([len(c) for c in costs_per_model], dtype=np.float64)  # (M,)
+    a = n / m
+    etas_c = np.logspace(-2, 2, 33)  # (C,)
+    etas_m = np.logspace(-2, 2, 25)  # (A,)
+    etas_w = np.logspace(-2, 2, 25)  # (W,)
+    raw = []
+    for costs in costs_per_model:
+        macs = np.array([c.macs for c in costs], dtype=np.float64)
+        w = np.array([c.weight_bytes for c in costs], dtype=np.float64)
+        act = np.array([c.bytes_moved for c in costs], dtype=np.float64) - w
+        raw.append((2 * macs / (peak_gflops * 1e9), act / (bandwidth_gbs * 1e9), w / (bandwidth_gbs * 1e9),
+                    w.sum() * bandwidth_gbs * 1e9 / 1e6))  # last: total weight MB
+    best = (math.inf, (1.0, 1.0, 1.0, 0.0, 0.0))
+    for cache_mb in CACHE_MB_GRID:
+        t_mem = []  # per model (L, A, W)
+        for _, act, w, w_mb in raw:
+            w_eta = etas_m[None, :, None] if w_mb <= cache_mb else etas_w[None, None, :]
+            t_mem.append(act[:, None, None] / etas_m[None, :, None] + w[:, None, None] / w_eta)
+        for eta_c in etas_c:
+            r = np.stack([np.maximum(t_c[:, None, None] / eta_c, tm).sum(axis=0) * 1e3
+                          for (t_c, *_), tm in zip(raw, t_mem, strict=True)])  # (M, A, W) in ms
+            d_ms = np.clip(np.einsum("i,iaw->aw", a, 1 - r / m[:, None, None]) / np.dot(a, a), 0.0, None)  # (A, W)
+            loss = (((r + n[:, None, None] * d_ms[None] - m[:, None, None]) / m[:, None, None]) ** 2).sum(axis=0)
+            ai, wi = np.unravel_index(np.argmin(loss), loss.shape)
+            if loss[ai, wi] < best[0]:
+                best = (float(loss[ai, wi]), (float(eta_c), float(etas_m[ai]), float(etas_w[wi]),
+                                              float(d_ms[ai, wi]), float(cache_mb)))
+    eta_c, eta_m, eta_w, d_ms, cache_mb = best[1]
+    return Calibration(eta_c, eta_m, eta_w, d_ms * 1e3, cache_mb, "measured",
+                       ref or f"fitted to {m.size} measured models", peak_gflops, bandwidth_gbs)
+
+
+def cached_calibration(device: str, cache: Path | None = None) -> Calibration | None:
+    """A calibration saved by ``save_calibration`` for ``device``, or ``None``."""
+    from edgecompress.devices.profiles import cache_dir
+
+    path = (cache or cache_dir()) / f"calibration-{device}.json"
+    if not path.is_file():
+        return None
+    try:
+        return Calibration(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise BadInputError(f"{path}: not a calibration file ({exc}); delete it to refit") from None
+
+
+def save_calibration(device: str, calibration: Calibration, cache: Path | None = None) -> Path:
+    from edgecompress.devices.profiles import cache_dir
+    from edgecompress.fileio import write_json_atomic
+
+    path = (cache or cache_dir()) / f"calibration-{device}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, calibration.as_dict())
+    return path
+
+
+def calibration_for(profile, host=None, cache: Path | None = None) -> Calibration:
+    """The best calibration for ``profile``: its own (cache, then YAML), else the host's (same kind), else none."""
+    own = cached_calibration(profile.name, cache)
+    if own is not None:
+        return own
+    if profile.calibration:
+        return Calibration(**profile.calibration)
+    if host is not None and host.name != profile.name and host.kind == profile.kind:
+        base = calibration_for(host, None, cache)
+        if base.source != "uncalibrated":
+            host_clock, clock = host.value("clock_ghz"), profile.value("clock_ghz")
+            scale = host_clock / clock if host_clock and clock else 1.0
+            return replace(base, node_us=base.node_us * scale, source="transferred",
+                           fitted_peak_gflops=None, fitted_bandwidth_gbs=None,
+                           ref=f"host calibration ({base.source}: {base.ref}) applied to {profile.name}, "
+                               f"node overhead scaled by clock ratio {scale:.2f}; an assumption until measured")
+    return Calibration()
+
+
+def predict_for_device(model_or_path, profile, batch: int = 1, precision: str = "fp32",
+                       calibration: Calibration | None = None, host=None) -> dict:
+    """Predicted latency and estimated energy of an ONNX model on a device profile."""
+    costs = layer_costs(model_or_path, batch)
+    peak_name = "peak_int8_gops" if precision == "int8" else "peak_fp32_gflops"
+    peak = profile.require(peak_name)
+    bandwidth = profile.require("memory_bandwidth_gbs")
+    cal = calibration or calibration_for(profile, host)
+    if cal.source == "measured" and cal.fitted_peak_gflops and cal.fitted_bandwidth_gbs and precision == "fp32":
+        peak, bandwidth = cal.fitted_peak_gflops, cal.fitted_bandwidth_gbs
+    out = predict_latency(costs, peak, bandwidth, cal)
+    out.update({"device": profile.name, "batch": batch, "precision": precision,
+                "figure_sources": {k: profile.figure(k).source for k in (peak_name, "memory_bandwidth_gbs")}})
+    load = profile.figures.get("load_power_w")
+    idle = profile.figures.get("idle_power_w")
+    if load is not None and load.value is not None:
+        out["energy"] = estimate_energy(out["latency_ms"] / 1e3, load.value, idle.value if idle else None)
+        out["energy"]["power_source"] = load.source
+    return out

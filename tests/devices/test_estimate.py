@@ -1,0 +1,89 @@
+"""The per-layer roofline: MACs and bytes from ONNX, max of compute and memory, calibration, labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgecompress.devices.estimate import (
+    Calibration,
+    LayerCost,
+    calibration_for,
+    estimate_energy,
+    fit_calibration,
+    layer_costs,
+    layer_times_s,
+    predict_for_device,
+    predict_latency,
+)
+from edgecompress.devices.profiles import load_profile
+
+
+def _conv_model(groups: int = 1) -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.zeros((8, 4 // groups, 3, 3), np.float32), "w")
+    fc = numpy_helper.from_array(np.zeros((8 * 6 * 6, 10), np.float32), "fc")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], group=groups),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]),
+             helper.make_node("MatMul", ["f", "fc"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])], [w, fc])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_layer_costs_count_macs_and_bytes_and_fuse_the_activation():
+    costs = layer_costs(_conv_model(), batch=2)
+    assert [c.op_type for c in costs] == ["Conv", "Flatten", "MatMul"]  # Relu fused into the Conv
+    conv, _, mm = costs
+    assert conv.macs == 2 * 8 * 6 * 6 * 4 * 3 * 3
+    assert conv.weight_bytes == 8 * 4 * 9 * 4 and conv.params == 8 * 4 * 9
+    assert conv.bytes_moved == 4 * (2 * 4 * 8 * 8 + 8 * 4 * 9 + 2 * 8 * 6 * 6)
+    assert mm.macs == 2 * 10 * 288
+    grouped = layer_costs(_conv_model(groups=2))[0]
+    assert grouped.macs == 8 * 6 * 6 * 2 * 9
+
+
+def test_roofline_takes_the_slower_term_per_layer_and_sums_layers():
+    costs = [LayerCost("a", "Conv", macs=10**9, bytes_moved=10**6),  # compute: 2e9 / 100e9 = 20 ms
+             LayerCost("b", "Add", macs=0, bytes_moved=10**8)]  # memory: 1e8 / 10e9 = 10 ms
+    t = layer_times_s(costs, 100.0, 10.0)
+    assert t[0, 2] == pytest.approx(0.02) and t[1, 2] == pytest.approx(0.01)
+    pred = predict_latency(costs, 100.0, 10.0, Calibration(node_us=5.0))
+    assert pred["source"] == "predicted" and pred["latency_ms"] == pytest.approx(30.01)
+    assert [layer["bound"] for layer in pred["layers"]] == ["compute", "memory"]
+
+
+def test_fit_recovers_known_efficiencies():
+    rng = np.random.default_rng(0)
+    models = [[LayerCost(f"l{j}", "Conv", int(rng.integers(1e5, 1e8)), int(rng.integers(1e4, 1e7)))
+               for j in range(int(rng.integers(3, 30)))] for _ in range(8)]
+    truth = Calibration(eta_c=0.3, eta_m=2.0, eta_w=1.0, node_us=4.0)
+    measured = [layer_times_s(m, 50.0, 10.0, truth)[:, 2].sum() * 1e3 for m in models]
+    cal = fit_calibration(models, measured, 50.0, 10.0)
+    predicted = [layer_times_s(m, 50.0, 10.0, cal)[:, 2].sum() * 1e3 for m in models]
+    assert np.max(np.abs(np.array(predicted) / measured - 1)) < 0.08
+    assert cal.source == "measured" and cal.eta_c == pytest.approx(0.3, rel=0.2)
+
+
+def test_energy_is_labelled_estimated():
+    e = estimate_energy(0.010, 7.2, 2.7)
+    assert e["source"] == "estimated" and e["joules_per_inference"] == pytest.approx(0.072)
+    assert "7.2 W" in e["formula"]
+
+
+def test_prediction_for_a_board_transfers_the_host_calibration(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path))
+    host = load_profile("host", measure_host=False)
+    rpi4 = load_profile("rpi4")
+    assert calibration_for(rpi4, host).source in ("uncalibrated", "transferred")
+    from edgecompress.devices.estimate import save_calibration
+
+    save_calibration("host", Calibration(0.5, 2.0, 1.0, 3.0, 0.0, "measured", "test fit"))
+    cal = calibration_for(rpi4, host)
+    assert cal.source == "transferred" and "rpi4" in cal.ref and cal.eta_c == 0.5
+    out = predict_for_device(_conv_model(), rpi4, host=host)
+    assert out["source"] == "predicted" and out["device"] == "rpi4" and out["latency_ms"] > 0
+    assert out["energy"]["source"] == "estimated"
+    assert out["figure_sources"]["memory_bandwidth_gbs"] == "published measurement"
