@@ -5,8 +5,9 @@ Counting rules (PQF's ``src/utils/model_size.py`` counts the same way, shared/re
 - a quantised layer (``LR2VQLayer``) stores ``N * ceil(log2 k)`` bits of codes, ``k * d`` fp16 codebook
   entries, ``m * d`` fp16 projection entries (none for plain PQ, where ``P = I``) and its bias in fp16:
   ``bits = N ceil(log2 k) + 16 k d + 16 m d + 16 |bias|``;
-- every other floating tensor of the state dict (BatchNorm weight/bias/running mean/var, layers left
-  uncompressed, e.g. a first conv whose row length ``m`` does not divide) is stored in fp16: 16 bits each;
+- every other floating tensor of the state dict (BatchNorm weight/bias, layers left uncompressed) is
+  stored in fp16: 16 bits each; BatchNorm running statistics are folded into its weight and bias before
+  storing (``fold_batchnorm``; eval-mode identical), so a BatchNorm costs 2 x 16 bits per channel;
 - integer buffers (BatchNorm's ``num_batches_tracked``) are not stored (inference does not read them);
 - the reference is the FP32 model: every floating tensor of its state dict at 32 bits (the quantised
   layers' original weights included), integer buffers excluded.
@@ -21,6 +22,7 @@ callers, never folded into it.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from edgecompress.compress.lr2vq.block import LR2VQLayer, code_bits
@@ -35,6 +37,43 @@ def vq_layer_bits(n: int, k: int, d: int, m: int, identity: bool, bias: int) -> 
             "bias": FLOAT_BITS * bias}
     bits["total"] = sum(bits.values())
     return bits
+
+
+def is_folded_bn(module: nn.Module) -> bool:
+    """A BatchNorm whose statistics were folded into its affine (``running_mean = 0``, ``running_var = 1 - eps``):
+    only its weight and bias need storing, ``y = weight * x + bias`` in eval mode."""
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not module.affine or module.running_mean is None:
+        return False
+    var = torch.tensor(1.0 - module.eps, dtype=module.running_var.dtype)
+    return bool((module.running_mean == 0).all()) and bool((module.running_var == var).all())
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> list[str]:
+    """Fold every affine BatchNorm's running statistics into its weight and bias (eval-mode identical):
+    ``w' = w / sqrt(var + eps)``, ``b' = b - mean w'``, then ``mean = 0``, ``var = 1 - eps``. Returns the names."""
+    names = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not module.affine \
+                or module.running_mean is None:
+            continue
+        scale = module.weight / torch.sqrt(module.running_var + module.eps)
+        module.bias.copy_(module.bias - module.running_mean * scale)
+        module.weight.copy_(scale)
+        module.running_mean.zero_()
+        module.running_var.fill_(1.0 - module.eps)
+        names.append(name)
+    return names
+
+
+def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state-dict entries that are stored: float tensors, minus folded BatchNorm statistics."""
+    skip = set()
+    for name, module in model.named_modules():
+        if is_folded_bn(module):
+            prefix = f"{name}." if name else ""
+            skip.update({f"{prefix}running_mean", f"{prefix}running_var"})
+    return {k: v for k, v in model.state_dict().items() if v.is_floating_point() and k not in skip}
 
 
 def account(model: nn.Module) -> dict:
@@ -60,18 +99,21 @@ def account(model: nn.Module) -> dict:
         covered.add(name)
     other_ref = other_comp = 0
     other_tensors = 0
+    stored = stored_state(model)
     for key, tensor in model.state_dict().items():
         owner = key.rpartition(".")[0]
         if owner in covered or not tensor.is_floating_point():
             continue
         other_ref += 32 * tensor.numel()
-        other_comp += FLOAT_BITS * tensor.numel()
-        other_tensors += 1
+        if key in stored:
+            other_comp += FLOAT_BITS * tensor.numel()
+            other_tensors += 1
     ref_bits += other_ref
     comp_bits += other_comp
     return {
         "source": "counted from tensor shapes (exact bits; file headers/padding excluded)",
         "rules": "codes ceil(log2 k) bits; codebooks, projections, biases and every other float tensor fp16; "
+                 "BatchNorm statistics folded into its weight/bias (2 fp16 values per channel); "
                  "integer buffers not stored; reference = every float tensor of the FP32 model at 32 bits",
         "layers": layers,
         "other": {"tensors": other_tensors, "reference_bytes": other_ref / 8, "compressed_bytes": other_comp / 8},

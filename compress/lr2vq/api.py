@@ -9,9 +9,11 @@ reports accuracy and exact sizes. ``write_artifacts`` writes the compact checkpo
 Per-layer policy (each decision is a line in ``report["layers"]``):
 - every ``nn.Conv2d`` and ``nn.Linear`` is a candidate, wherever it sits (zoo widths are never assumed:
   a pruned model is just a module with other shapes);
-- ``m`` must divide the row length ``L = C_in/groups * kh * kw`` (``in_features`` for Linear): sub-vectors
-  are cut along the input dimension of each output row; otherwise the layer is left uncompressed and
-  stored in fp16 (e.g. ResNet's 3-channel first conv, L = 27, with m = 16);
+- sub-vectors are cut along the input dimension of each output row when ``m`` divides the row length
+  ``L = C_in/groups * kh * kw`` (``in_features`` for Linear); when it does not but divides the number of
+  weights (depthwise 3x3, L = 9; a 3-channel first conv, L = 27) they are consecutive elements of the
+  flattened weight and straddle rows (a note says so); when ``m`` divides neither, the layer is left
+  uncompressed and stored in fp16;
 - with ``N`` sub-vectors, a layer uses ``k_l = k`` when ``k <= N / 2``, else the largest power of two
   ``<= N / 2`` (a codebook as large as the data would store the weights twice); ``k_l < 2`` leaves it
   uncompressed;
@@ -41,7 +43,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from edgecompress.compress.lr2vq.accounting import FLOAT_BITS, account, vq_layer_bits
+from edgecompress.compress.lr2vq.accounting import FLOAT_BITS, account, fold_batchnorm, vq_layer_bits
 from edgecompress.compress.lr2vq.block import LR2VQLayer, row_length, to_subvectors
 from edgecompress.compress.lr2vq.estimate import DEstimate, estimate_d
 from edgecompress.compress.result import Result
@@ -122,6 +124,7 @@ class LayerPlan:
     n_subvectors: int | None = None
     k: int | None = None
     reason: str | None = None
+    note: str | None = None
 
     @property
     def quantised(self) -> bool:
@@ -150,9 +153,12 @@ def plan_layers(model: nn.Module, config: LR2VQConfig) -> list[LayerPlan]:
             plan.reason = "excluded by config.exclude"
         elif isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
             plan.reason = f"padding_mode={module.padding_mode!r} is not supported"
-        elif length % config.m:
-            plan.reason = f"m={config.m} does not divide the row length L={length}"
+        elif module.weight.numel() % config.m:
+            plan.reason = (f"m={config.m} divides neither the row length L={length} "
+                           f"nor the {module.weight.numel()} weights")
         else:
+            if length % config.m:
+                plan.note = f"m={config.m} does not divide L={length}: sub-vectors straddle rows of the flat weight"
             plan.n_subvectors = module.weight.numel() // config.m
             k = config.k if config.k <= plan.n_subvectors // 2 else _pow2_floor(plan.n_subvectors // 2)
             if k < 2:
@@ -169,9 +175,10 @@ def plan_layers(model: nn.Module, config: LR2VQConfig) -> list[LayerPlan]:
 
 
 def _note(plan: LayerPlan, config: LR2VQConfig) -> str | None:
+    notes = [plan.note] if plan.note else []
     if plan.quantised and plan.k != config.k:
-        return f"k={config.k} > N/2 = {plan.n_subvectors // 2} sub-vectors/2: k={plan.k} for this layer"
-    return None
+        notes.append(f"k={config.k} > N/2 = {plan.n_subvectors // 2}: k={plan.k} for this layer")
+    return "; ".join(notes) or None
 
 
 def _size_check(plans: list[LayerPlan], modules: dict[str, nn.Module], m: int, d: int, identity: bool) -> None:
@@ -194,10 +201,11 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 @torch.no_grad()
 def _round_to_fp16(model: nn.Module) -> None:
-    """Freeze every block and round every other float tensor to fp16-representable values (its stored form)."""
+    """Freeze every block, fold BatchNorm statistics, round every other float tensor to fp16 values (stored form)."""
     for module in model.modules():
         if isinstance(module, LR2VQLayer):
             module.freeze()
+    fold_batchnorm(model)
     for tensor in model.state_dict().values():
         if tensor.is_floating_point() and tensor.dtype == torch.float32:
             tensor.copy_(tensor.half().float())

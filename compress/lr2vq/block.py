@@ -7,6 +7,8 @@ paper's equations:
 - The weight ``W`` (C_out, C_in/g, kh, kw) or (out, in) is viewed as (C_out, L) with
   ``L = C_in/g * kh * kw`` (or ``in``) and every row is cut into ``L/m`` consecutive sub-vectors of size
   ``m`` (along the input dimension, as PQF and BGD do), giving ``N = numel / m`` rows ``w_i`` in R^m.
+  When ``m`` does not divide ``L`` but divides ``numel`` (depthwise kernels, 3-channel first convs), the
+  sub-vectors are consecutive elements of the flattened weight and straddle rows.
 - Each ``w_i = P z_i`` with one projection ``P`` (m, d) per layer and low-rank vectors ``z_i`` in R^d.
 - The ``z_i`` are clustered into ``k`` codewords ``C`` (k, d); the weight is ``w_i = P C[codes_i]``.
 
@@ -64,11 +66,15 @@ def row_length(layer: nn.Module) -> int:
 
 
 def to_subvectors(weight: torch.Tensor, m: int) -> torch.Tensor:
-    """(C_out, ...) weight -> (N, m) sub-vectors, cut along each output row (requires ``m | L``)."""
-    rows = weight.reshape(weight.shape[0], -1)  # (C_out, L)
-    if rows.shape[1] % m:
-        raise ValueError(f"m={m} does not divide the row length {rows.shape[1]}")
-    return rows.reshape(-1, m)  # (N, m)
+    """(C_out, ...) weight -> (N, m): consecutive elements of the row-major flattened weight.
+
+    When ``m | L`` every sub-vector lies inside one output row (cut along the input dimension, as PQ does);
+    otherwise (e.g. depthwise 3x3 kernels, L = 9, with m = 16) sub-vectors straddle rows. Requires
+    ``m | numel``.
+    """
+    if weight.numel() % m:
+        raise ValueError(f"m={m} does not divide the number of weights {weight.numel()}")
+    return weight.reshape(-1, m)  # (N, m)
 
 
 def lowrank_init(w_sub: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,9 +111,8 @@ class LR2VQLayer(nn.Module):
         else:
             raise TypeError(f"LR2VQLayer wraps nn.Conv2d or nn.Linear, got {type(layer).__name__}")
         self.weight_shape = tuple(layer.weight.shape)
-        length = row_length(layer)
-        if length % m:
-            raise ValueError(f"m={m} does not divide the row length L={length}")
+        if layer.weight.numel() % m:
+            raise ValueError(f"m={m} does not divide the number of weights {layer.weight.numel()}")
         self.m, self.n = m, layer.weight.numel() // m
         if identity and d != m:
             raise ValueError(f"identity projection (PQ) needs d == m, got d={d}, m={m}")

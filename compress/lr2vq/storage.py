@@ -8,7 +8,9 @@ Hand-written file format (``.ecvq``), readable with numpy alone:
     the rest      the tensors' raw little-endian bytes, concatenated in header order
 
 The header holds ``tensors``: ``[[name, dtype, shape], ...]`` (offsets follow from the order and
-sizes) and ``layers``: ``{module name: {"m", "d", "k", "identity", "n"}}`` for every quantised layer.
+sizes), ``layers``: ``{module name: {"m", "d", "k", "identity", "n"}}`` for every quantised layer, and
+``folded_bn``: the BatchNorms whose statistics were folded into weight/bias (their running mean/var,
+0 and 1 - eps, are not stored and are restored on load).
 Codes are stored with dtype ``"bitsB"``: ``n`` codes of ``B = ceil(log2 k)`` bits, packed little-endian
 bit order (``np.packbits(..., bitorder="little")``), padded to a whole byte per layer. Every other
 floating tensor is stored as float16 (the frozen model's values are already fp16-exact, so a reload
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgecompress.compress.lr2vq.accounting import is_folded_bn, stored_state
 from edgecompress.compress.lr2vq.block import LR2VQLayer, code_bits
 from edgecompress.errors import BadInputError
 
@@ -71,10 +74,12 @@ def save_compact(model: nn.Module, path: str | Path, meta: dict | None = None) -
     for name, mod in layers.items():
         layer_meta[name] = {"m": mod.m, "d": mod.d, "k": mod.k, "identity": mod.identity, "n": mod.n,
                             "kind": mod.kind, "weight_shape": list(mod.weight_shape)}
+    stored = stored_state(model)
+    folded = [name for name, mod in model.named_modules() if is_folded_bn(mod)]
     for key, tensor in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
-        if not tensor.is_floating_point() and not (owner in layers and leaf == "codes"):
-            continue  # integer buffers are not stored
+        if key not in stored and not (owner in layers and leaf == "codes"):
+            continue  # integer buffers and folded BatchNorm statistics are not stored
         if owner in layers and leaf == "codes":
             bits = code_bits(layers[owner].k)
             blob = pack_bits(tensor.numpy().astype(np.int64), bits).tobytes()
@@ -87,7 +92,7 @@ def save_compact(model: nn.Module, path: str | Path, meta: dict | None = None) -
             tensors.append([key, "float16", list(tensor.shape)])
         blobs.append(blob)
     header = zlib.compress(json.dumps({"format": "edgecompress-lr2vq", "version": 1, "tensors": tensors,
-                                       "layers": layer_meta, "meta": meta or {}},
+                                       "layers": layer_meta, "folded_bn": folded, "meta": meta or {}},
                                       separators=(",", ":")).encode(), 9)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -152,8 +157,17 @@ def load_compact(path: str | Path, architecture: nn.Module) -> nn.Module:
         block = LR2VQLayer.frozen_like(layer, spec["m"], spec["d"], spec["k"], spec["identity"])
         parent_name, _, leaf = name.rpartition(".")
         setattr(architecture.get_submodule(parent_name) if parent_name else architecture, leaf, block)
+    for name in header.get("folded_bn", []):
+        bn = modules.get(name)
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+            raise BadInputError(f"{path}: {name!r} is not a BatchNorm with running statistics in the architecture")
+        with torch.no_grad():
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
     state = architecture.state_dict()
-    missing = [k for k, v in state.items() if v.is_floating_point() and k not in arrays]
+    folded_stats = {f"{n}.{stat}" if n else stat for n in header.get("folded_bn", [])
+                    for stat in ("running_mean", "running_var")}
+    missing = [k for k, v in state.items() if v.is_floating_point() and k not in arrays and k not in folded_stats]
     unknown = [k for k in arrays if k not in state]
     if missing or unknown:
         raise BadInputError(f"{path}: checkpoint does not fit the architecture (missing {missing[:5]}, "
