@@ -9,24 +9,25 @@ Per layer ``l`` (an ONNX node, shapes from ``onnx.shape_inference`` with the bat
   input; Gemm/MatMul ``(output elements) * K``; every other op 0.
 - ``bytes_l``: every input (activations and weights) plus every output, at its dtype's size: the
   data a layer moves if nothing stays in cache (the data-movement term E2GC argues about).
-- An activation (``FUSED_ACTIVATIONS``) whose only input comes from a Conv/Gemm/MatMul is not a layer:
-  onnxruntime, TVM and TensorRT all fuse it into the producer.
-- ``t_compute = 2*MACs_l / (eta_c * peak)``,
-  ``t_memory = act_bytes_l / (eta_m * bandwidth) + weight_bytes_l / (eta_w * bandwidth)``, and
-  ``t_l = max(t_compute, t_memory) + t_node``. Weights (initializers) and activations get separate
-  efficiencies: a CNN's activations mostly stay in cache between layers while its weights are streamed
-  from DRAM once per inference when the model is larger than the cache.
+- ``t_node`` is paid once per kernel call: once per node, and once per group for a grouped, not
+  depthwise, convolution (onnxruntime's CPU Conv runs one GEMM per group; E2GC layers have many).
+- An activation (``FUSED_ACTIVATIONS``) or a residual ``Add`` that consumes the only use of a
+  Conv/Gemm/MatMul output (or of one already fused into it) is not a layer: onnxruntime (Conv+Add+
+  activation fusion), TVM and TensorRT fuse it into the producer.
+- ``t_compute = 2*MACs_l / (eta_c * peak)``, ``t_memory = bytes_l / (eta * bandwidth)`` and
+  ``t_l = max(t_compute, t_memory) + t_node``, where ``eta = eta_m`` when the layer's working set
+  ``bytes_l`` fits in ``cache_mb`` (it is served from cache, faster than the DRAM copy bandwidth) and
+  ``eta = eta_d`` when it does not (streamed from DRAM).
 
 **max, not sum.** Within a layer the cores compute while the prefetchers stream the next tiles, so a
 layer is bound by the slower of the two (the roofline model, Williams et al. 2009); layers run one
 after another, so the model's latency is the sum over layers. A sum of the two terms would count the
 overlapped time twice and over-predict compute-heavy layers.
 
-**Calibration.** ``eta_c`` (fraction of peak the runtime reaches), ``eta_m`` and ``eta_w`` (effective
-bandwidth for activations and weights over the copy bandwidth; above 1 when data stay in cache) and
-``t_node`` (per-node dispatch overhead) are fitted to measured latencies (``fit_calibration``, least
-squares on relative error), with ``cache_mb``: a model whose weights total at most that much keeps them
-in cache, so its weights move at the activations' rate ``eta_m``.
+**Calibration.** ``eta_c`` (fraction of peak the runtime reaches), ``eta_m`` and ``eta_d`` (effective
+bandwidth in and beyond the cache over the copy bandwidth), ``cache_mb`` and ``t_node`` (per-node
+dispatch overhead) are fitted to measured latencies (``fit_calibration``, least squares on the log of
+predicted / measured, so over- and under-prediction weigh alike).
 Without a fit the figures are the raw roofline (``eta=1``, ``t_node=0``), a lower bound. A device that
 is not attached takes the calibration of the host of the same kind, with ``t_node`` scaled by the
 clock ratio; the result says so. Every figure is labelled ``predicted`` (latency) or ``estimated``
@@ -53,7 +54,7 @@ from edgecompress.errors import BadInputError
 
 FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh")
 _MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-CACHE_MB_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+CACHE_MB_GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 _DTYPE_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
 
 
@@ -67,6 +68,7 @@ class LayerCost:
     bytes_moved: int
     params: int = 0
     weight_bytes: int = 0
+    dispatches: int = 1
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,12 +76,12 @@ class LayerCost:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Fitted efficiencies: ``eta_c`` of peak compute, ``eta_m``/``eta_w`` of copy bandwidth for activations
-    and weights, ``node_us`` per node."""
+    """Fitted efficiencies: ``eta_c`` of peak compute, ``eta_m``/``eta_d`` of copy bandwidth for layers
+    whose working set fits in ``cache_mb`` / does not, ``node_us`` per node."""
 
     eta_c: float = 1.0
     eta_m: float = 1.0
-    eta_w: float = 1.0
+    eta_d: float = 1.0
     node_us: float = 0.0
     cache_mb: float = 0.0
     source: str = "uncalibrated"
@@ -94,8 +96,8 @@ class Calibration:
             raise ValueError(f"eta_c={self.eta_c}: must be > 0")
         if not (self.eta_m > 0 and math.isfinite(self.eta_m)):
             raise ValueError(f"eta_m={self.eta_m}: must be > 0")
-        if not (self.eta_w > 0 and math.isfinite(self.eta_w)):
-            raise ValueError(f"eta_w={self.eta_w}: must be > 0")
+        if not (self.eta_d > 0 and math.isfinite(self.eta_d)):
+            raise ValueError(f"eta_d={self.eta_d}: must be > 0")
         if self.node_us < 0:
             raise ValueError(f"node_us={self.node_us}: must be >= 0")
 
@@ -144,7 +146,7 @@ def layer_costs(model_or_path, batch: int = 1) -> list[LayerCost]:
             shapes[vi.name] = (dims, t.elem_type)
     inits = {i.name: (tuple(i.dims), i.data_type) for i in g.initializer}
     shapes.update(inits)
-    producers = {o: n.op_type for n in g.node for o in n.output}
+    fusable = set()  # outputs of a Conv/Gemm/MatMul or of a node fused into one
     consumers: dict[str, int] = {}
     for n in g.node:
         for x in n.input:
@@ -153,9 +155,13 @@ def layer_costs(model_or_path, batch: int = 1) -> list[LayerCost]:
     for i, node in enumerate(g.node):
         if node.op_type == "Constant":
             continue
-        if (node.op_type in FUSED_ACTIVATIONS and node.input and producers.get(node.input[0]) in _MAC_OPS
-                and consumers.get(node.input[0]) == 1):
-            continue  # runtimes fuse an activation into the Conv/Gemm before it: no node, no extra traffic
+        if node.op_type in _MAC_OPS:
+            fusable.update(node.output)
+        elif ((node.op_type in FUSED_ACTIVATIONS and node.input and node.input[0] in fusable
+               and consumers.get(node.input[0]) == 1)
+              or (node.op_type == "Add" and any(x in fusable and consumers.get(x) == 1 for x in node.input))):
+            fusable.update(node.output)
+            continue  # fused into the Conv/Gemm before it (onnxruntime's Conv+Add+activation fusion)
         name = node.name or f"{node.op_type}_{i}"
         ins = [shapes.get(x) for x in node.input if x]
         outs = [shapes.get(x) for x in node.output if x]
@@ -165,13 +171,24 @@ def layer_costs(model_or_path, batch: int = 1) -> list[LayerCost]:
         nbytes += sum(_nbytes(s) for s in outs)
         params = sum(int(np.prod(inits[x][0])) for x in node.input if x in inits)
         wbytes = sum(_nbytes(inits[x]) for x in node.input if x in inits)
-        costs.append(LayerCost(name, node.op_type, _macs(node, ins, outs), nbytes, params, wbytes))
+        costs.append(LayerCost(name, node.op_type, _macs(node, ins, outs), nbytes, params, wbytes,
+                               _dispatches(node, ins)))
     return costs
 
 
 def _nbytes(shape_type: tuple[tuple[int, ...], int]) -> int:
     dims, elem = shape_type
     return int(np.prod(dims, dtype=np.int64)) * _DTYPE_BYTES.get(elem, 4)
+
+
+def _dispatches(node, ins) -> int:
+    """Kernel calls a node costs: ``groups`` for a grouped, not depthwise, Conv (one GEMM per group), else 1."""
+    if node.op_type != "Conv":
+        return 1
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    w = ins[1][0] if len(ins) > 1 and ins[1] is not None else ()
+    depthwise = len(w) > 1 and w[1] == 1
+    return int(groups) if groups > 1 and not depthwise else 1
 
 
 def _macs(node, ins, outs) -> int:
@@ -198,12 +215,12 @@ def layer_times_s(costs: Sequence[LayerCost], peak_gflops: float, bandwidth_gbs:
     if peak_gflops <= 0 or bandwidth_gbs <= 0:
         raise ValueError(f"peak_gflops={peak_gflops}, bandwidth_gbs={bandwidth_gbs}: both must be > 0")
     macs = np.array([c.macs for c in costs], dtype=np.float64)
-    w_bytes = np.array([c.weight_bytes for c in costs], dtype=np.float64)
-    a_bytes = np.array([c.bytes_moved for c in costs], dtype=np.float64) - w_bytes
-    eta_w = calibration.eta_m if w_bytes.sum() <= calibration.cache_mb * 1e6 else calibration.eta_w
+    nbytes = np.array([c.bytes_moved for c in costs], dtype=np.float64)
+    eta = np.where(nbytes <= calibration.cache_mb * 1e6, calibration.eta_m, calibration.eta_d)  # (L,)
     t_c = 2.0 * macs / (calibration.eta_c * peak_gflops * 1e9)  # (L,)
-    t_m = (a_bytes / calibration.eta_m + w_bytes / eta_w) / (bandwidth_gbs * 1e9)  # (L,)
-    t = np.maximum(t_c, t_m) + calibration.node_us * 1e-6
+    t_m = nbytes / (eta * bandwidth_gbs * 1e9)  # (L,)
+    dispatches = np.array([c.dispatches for c in costs], dtype=np.float64)
+    t = np.maximum(t_c, t_m) + calibration.node_us * 1e-6 * dispatches
     return np.stack([t_c, t_m, t], axis=1) if len(costs) else np.zeros((0, 3))
 
 
@@ -243,47 +260,45 @@ def _rel_errors(pred_ms: np.ndarray, measured_ms: np.ndarray) -> np.ndarray:
 
 def fit_calibration(costs_per_model: Sequence[Sequence[LayerCost]], measured_ms: Sequence[float],
                     peak_gflops: float, bandwidth_gbs: float, ref: str = "") -> Calibration:
-    """Least-squares fit of ``eta_c, eta_m, eta_w, node_us`` to measured latencies (relative error).
-
-    A log-scale grid over ``eta_c`` (1e-2..1e2), ``eta_m`` and ``eta_w`` (1e-2..1e2); for each point
-    ``node_us`` has a closed form: with roofline sums ``r_i``, node counts ``n_i`` and measurements
-    ``m_i``, minimising ``sum(((r_i + n_i d - m_i) / m_i)^2)`` gives ``d = sum(a_i b_i) / sum(a_i^2)``
-    with ``a_i = n_i/m_i``, ``b_i = 1 - r_i/m_i``, clipped at 0.
+    """Fit ``eta_c, eta_m, eta_d, cache_mb, node_us`` to measured latencies: least squares on
+    ``log(predicted / measured)`` over a log-scale grid (``eta_c`` 1e-2..1e2, ``eta_m``/``eta_d``
+    1e-2..1e2, ``node_us`` 0..50 us, ``cache_mb`` in ``CACHE_MB_GRID``); an exhaustive search, so the
+    optimum on the grid is found whatever the starting point.
     """
     m = np.asarray(measured_ms, dtype=np.float64)
     if len(costs_per_model) != m.size or m.size < 2:
         raise ValueError("fit_calibration needs two or more models with one measurement each")
     if np.any(m <= 0):
         raise ValueError("measured latencies must be > 0")
-    n = np.array([len(c) for c in costs_per_model], dtype=np.float64)  # (M,)
-    a = n / m
+    n = np.array([sum(c.dispatches for c in costs) for costs in costs_per_model], dtype=np.float64)  # (M,)
     etas_c = np.logspace(-2, 2, 33)  # (C,)
     etas_m = np.logspace(-2, 2, 25)  # (A,)
-    etas_w = np.logspace(-2, 2, 25)  # (W,)
+    etas_d = np.logspace(-2, 2, 25)  # (D,)
+    nodes_ms = np.concatenate([[0.0], np.logspace(-1, np.log10(50), 30)]) * 1e-3  # (N,)
+    log_m = np.log(m)[:, None, None, None]  # (M, 1, 1, 1)
     raw = []
     for costs in costs_per_model:
         macs = np.array([c.macs for c in costs], dtype=np.float64)
-        w = np.array([c.weight_bytes for c in costs], dtype=np.float64)
-        act = np.array([c.bytes_moved for c in costs], dtype=np.float64) - w
-        raw.append((2 * macs / (peak_gflops * 1e9), act / (bandwidth_gbs * 1e9), w / (bandwidth_gbs * 1e9),
-                    w.sum() * bandwidth_gbs * 1e9 / 1e6))  # last: total weight MB
+        nbytes = np.array([c.bytes_moved for c in costs], dtype=np.float64)
+        raw.append((2e3 * macs / (peak_gflops * 1e9), 1e3 * nbytes / (bandwidth_gbs * 1e9), nbytes))  # ms
     best = (math.inf, (1.0, 1.0, 1.0, 0.0, 0.0))
     for cache_mb in CACHE_MB_GRID:
-        t_mem = []  # per model (L, A, W)
-        for _, act, w, w_mb in raw:
-            w_eta = etas_m[None, :, None] if w_mb <= cache_mb else etas_w[None, None, :]
-            t_mem.append(act[:, None, None] / etas_m[None, :, None] + w[:, None, None] / w_eta)
+        t_mem = []  # per model (L, A, D) in ms
+        for _, t_m, nbytes in raw:
+            in_cache = (nbytes <= cache_mb * 1e6)[:, None, None]
+            t_mem.append(np.where(in_cache, t_m[:, None, None] / etas_m[None, :, None],
+                                  t_m[:, None, None] / etas_d[None, None, :]))
         for eta_c in etas_c:
-            r = np.stack([np.maximum(t_c[:, None, None] / eta_c, tm).sum(axis=0) * 1e3
-                          for (t_c, *_), tm in zip(raw, t_mem, strict=True)])  # (M, A, W) in ms
-            d_ms = np.clip(np.einsum("i,iaw->aw", a, 1 - r / m[:, None, None]) / np.dot(a, a), 0.0, None)  # (A, W)
-            loss = (((r + n[:, None, None] * d_ms[None] - m[:, None, None]) / m[:, None, None]) ** 2).sum(axis=0)
-            ai, wi = np.unravel_index(np.argmin(loss), loss.shape)
-            if loss[ai, wi] < best[0]:
-                best = (float(loss[ai, wi]), (float(eta_c), float(etas_m[ai]), float(etas_w[wi]),
-                                              float(d_ms[ai, wi]), float(cache_mb)))
-    eta_c, eta_m, eta_w, d_ms, cache_mb = best[1]
-    return Calibration(eta_c, eta_m, eta_w, d_ms * 1e3, cache_mb, "measured",
+            r = np.stack([np.maximum(t_c[:, None, None] / eta_c, tm).sum(axis=0)
+                          for (t_c, *_), tm in zip(raw, t_mem, strict=True)])  # (M, A, D)
+            pred = r[..., None] + n[:, None, None, None] * nodes_ms  # (M, A, D, N)
+            loss = ((np.log(np.maximum(pred, 1e-12)) - log_m) ** 2).sum(axis=0)  # (A, D, N)
+            ai, di, ni = np.unravel_index(np.argmin(loss), loss.shape)
+            if loss[ai, di, ni] < best[0]:
+                best = (float(loss[ai, di, ni]), (float(eta_c), float(etas_m[ai]), float(etas_d[di]),
+                                                  float(nodes_ms[ni]), float(cache_mb)))
+    eta_c, eta_m, eta_d, d_ms, cache_mb = best[1]
+    return Calibration(eta_c, eta_m, eta_d, d_ms * 1e3, cache_mb, "measured",
                        ref or f"fitted to {m.size} measured models", peak_gflops, bandwidth_gbs)
 
 

@@ -59,7 +59,7 @@ def test_fit_recovers_known_efficiencies():
     rng = np.random.default_rng(0)
     models = [[LayerCost(f"l{j}", "Conv", int(rng.integers(1e5, 1e8)), int(rng.integers(1e4, 1e7)))
                for j in range(int(rng.integers(3, 30)))] for _ in range(8)]
-    truth = Calibration(eta_c=0.3, eta_m=2.0, eta_w=1.0, node_us=4.0)
+    truth = Calibration(eta_c=0.3, eta_m=2.0, eta_d=1.0, node_us=4.0)
     measured = [layer_times_s(m, 50.0, 10.0, truth)[:, 2].sum() * 1e3 for m in models]
     cal = fit_calibration(models, measured, 50.0, 10.0)
     predicted = [layer_times_s(m, 50.0, 10.0, cal)[:, 2].sum() * 1e3 for m in models]
@@ -87,3 +87,18 @@ def test_prediction_for_a_board_transfers_the_host_calibration(tmp_path, monkeyp
     assert out["source"] == "predicted" and out["device"] == "rpi4" and out["latency_ms"] > 0
     assert out["energy"]["source"] == "estimated"
     assert out["figure_sources"]["memory_bandwidth_gbs"] == "published measurement"
+
+
+def test_residual_add_and_relu_fuse_and_grouped_conv_counts_one_call_per_group():
+    w = numpy_helper.from_array(np.zeros((4, 4, 1, 1), np.float32), "w")
+    wg = numpy_helper.from_array(np.zeros((4, 2, 1, 1), np.float32), "wg")
+    wd = numpy_helper.from_array(np.zeros((4, 1, 3, 3), np.float32), "wd")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Add", ["c", "x"], ["s"]),  # residual: fused into the Conv
+             helper.make_node("Relu", ["s"], ["r"]),  # after the fused Add: fused too
+             helper.make_node("Conv", ["r", "wg"], ["g"], group=2),  # grouped: one GEMM per group
+             helper.make_node("Conv", ["g", "wd"], ["y"], group=4, pads=[1, 1, 1, 1])]  # depthwise: one call
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, wg, wd])
+    costs = layer_costs(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [(c.op_type, c.dispatches) for c in costs] == [("Conv", 1), ("Conv", 2), ("Conv", 1)]
