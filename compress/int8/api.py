@@ -148,6 +148,15 @@ def quantize_onnx(fp32_path: Path, calib: CalibrationSet, config: Int8Config, ou
     return verified
 
 
+def _torch_outputs(model: Any, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[i:i + batch_size])).numpy()
+                               for i in range(0, x.shape[0], batch_size)])
+
+
 def quantize(model_or_onnx_path: Any, calibration_data: Any, config: Int8Config = Int8Config(),
              output: str | Path | None = None, eval_data: Any = None) -> Result:
     """INT8-quantize a torch model or FP32 ONNX file for ``config.target_runtime``; see the module docstring.
@@ -185,6 +194,12 @@ def quantize(model_or_onnx_path: Any, calibration_data: Any, config: Int8Config 
         report["checks"]["data"] = "eval_data" if eval_data is not None else "calibration samples"
         report["checks"]["engine"] = ("onnxruntime CPU, fused INT8 kernels (ORT_ENABLE_ALL)" if fused else
                                       "onnxruntime CPU, Q/DQ reference semantics (ORT_DISABLE_ALL), not the target")
+        if config.method == "qat":
+            # the floors compare against the model the user gave, not the fine-tuned one
+            original = _torch_outputs(model_or_onnx_path, evalset.x)
+            report["checks"]["vs_fine_tuned_fp32"] = dict(report["checks"])
+            report["checks"].update(compare(original, quantized, evalset.labels))
+            report["checks"]["reference"] = "the original FP32 torch model (before QAT)"
         report["sizes"] = {"fp32_bytes": fp32_path.stat().st_size, "int8_bytes": output.stat().st_size}
     report["int8_path"] = str(output)
     report["seconds"] = round(time.perf_counter() - start, 2)

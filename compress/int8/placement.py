@@ -134,18 +134,40 @@ def _trt_kwargs(config: Int8Config) -> dict:
 
 
 def _base_name(name: str) -> str:
-    return re.sub(r"(_token_\d+)+$", "", name)
+    return re.sub(r"(_token_\d+|_nchwc)+$", "", name)
+
+
+def _layer_keys(model: onnx.ModelProto) -> dict[str, set[str]]:
+    """Names by which an optimised graph may refer to each compute layer: its node name, its output and
+    the output of a directly following activation (onnxruntime names fused nodes after either)."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    keys = {}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in COMPUTE_OPS:
+            continue
+        k = {node.name or f"{node.op_type}_{i}", node.output[0]}
+        nxt = consumers.get(node.output[0], [])
+        if len(nxt) == 1 and nxt[0].op_type in ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "Sigmoid"):
+            k.add(nxt[0].output[0])
+        keys[node.name or f"{node.op_type}_{i}"] = k
+    return keys
 
 
 def verify_onnxruntime(int8_path: Path, fp32_path: Path, threads: int = 1) -> dict:
     """Load ``int8_path`` in onnxruntime (ORT_ENABLE_ALL) and classify each FP32 compute layer.
 
-    A layer is ``int8`` when the optimised graph holds a QLinearConv/QGemm/... derived from it (onnxruntime
-    names fused nodes ``<original>_token_<n>``), ``float`` when a float Conv/Gemm/MatMul of that name is left.
+    A layer is ``int8`` when the optimised graph holds a QLinearConv/QGemm/... derived from it, ``float``
+    when a float Conv/FusedConv/NCHWc Conv/Gemm/MatMul derived from it is left (onnxruntime names fused
+    nodes ``<node or output name>_token_<n>`` / ``_nchwc``), ``unknown`` otherwise (counted as not INT8).
     """
     import onnxruntime as ort
 
-    layers = compute_layers(onnx.load(str(fp32_path), load_external_data=False))
+    fp32 = onnx.load(str(fp32_path), load_external_data=False)
+    layers = compute_layers(fp32)
+    keys = _layer_keys(fp32)
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         so = ort.SessionOptions()
@@ -156,11 +178,15 @@ def verify_onnxruntime(int8_path: Path, fp32_path: Path, threads: int = 1) -> di
         ort.InferenceSession(str(int8_path), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(str(optimized))
     runtime_ops = Counter(n.op_type for n in opt.graph.node)
-    int8_names = {_base_name(n.name) for n in opt.graph.node if n.op_type in ORT_INT8_OPS}
-    float_names = {_base_name(n.name) for n in opt.graph.node if n.op_type in ORT_FLOAT_OPS}
+
+    def names(ops: frozenset) -> set[str]:
+        return {_base_name(x) for n in opt.graph.node if n.op_type in ops for x in (n.name, *n.output)}
+
+    int8_names, float_names = names(ORT_INT8_OPS), names(ORT_FLOAT_OPS)
     per_layer = []
     for layer in layers:
-        state = "int8" if layer["name"] in int8_names else "float" if layer["name"] in float_names else "unknown"
+        k = keys[layer["name"]]
+        state = "int8" if k & int8_names else "float" if k & float_names else "unknown"
         per_layer.append({"name": layer["name"], "op_type": layer["op_type"], "runs_as": state})
     return _summary("onnxruntime ORT_ENABLE_ALL optimised graph (CPUExecutionProvider)", per_layer,
                     dict(runtime_ops.most_common()))
