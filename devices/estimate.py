@@ -17,7 +17,8 @@ Per layer ``l`` (an ONNX node, shapes from ``onnx.shape_inference`` with the bat
 - ``t_compute = 2*MACs_l / (eta_c * peak)``, ``t_memory = bytes_l / (eta * bandwidth)`` and
   ``t_l = max(t_compute, t_memory) + t_node``, where ``eta = eta_m`` when the layer's working set
   ``bytes_l`` fits in ``cache_mb`` (it is served from cache, faster than the DRAM copy bandwidth) and
-  ``eta = eta_d`` when it does not (streamed from DRAM).
+  ``eta = eta_d`` when it does not (streamed from DRAM). Layers without MACs (Slice, Mul, Pad, pooling:
+  pure data movement, each element touched once by a generic kernel) take ``eta_e`` instead.
 
 **max, not sum.** Within a layer the cores compute while the prefetchers stream the next tiles, so a
 layer is bound by the slower of the two (the roofline model, Williams et al. 2009); layers run one
@@ -25,9 +26,10 @@ after another, so the model's latency is the sum over layers. A sum of the two t
 overlapped time twice and over-predict compute-heavy layers.
 
 **Calibration.** ``eta_c`` (fraction of peak the runtime reaches), ``eta_m`` and ``eta_d`` (effective
-bandwidth in and beyond the cache over the copy bandwidth), ``cache_mb`` and ``t_node`` (per-node
-dispatch overhead) are fitted to measured latencies (``fit_calibration``, least squares on the log of
-predicted / measured, so over- and under-prediction weigh alike).
+bandwidth in and beyond the cache over the copy bandwidth), ``eta_e`` (the same for data-movement
+layers), ``cache_mb`` and ``t_node`` (per-node dispatch overhead) are fitted to measured latencies
+(``fit_calibration``, least squares on the log of predicted / measured, so over- and under-prediction
+weigh alike).
 Without a fit the figures are the raw roofline (``eta=1``, ``t_node=0``), a lower bound. A device that
 is not attached takes the calibration of the host of the same kind, with ``t_node`` scaled by the
 clock ratio; the result says so. Every figure is labelled ``predicted`` (latency) or ``estimated``
@@ -90,6 +92,7 @@ class Calibration:
     # of the same device, so a noisy re-measurement does not shift the prediction)
     fitted_peak_gflops: float | None = None
     fitted_bandwidth_gbs: float | None = None
+    eta_e: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.eta_c > 0 and math.isfinite(self.eta_c)):
@@ -98,6 +101,8 @@ class Calibration:
             raise ValueError(f"eta_m={self.eta_m}: must be > 0")
         if not (self.eta_d > 0 and math.isfinite(self.eta_d)):
             raise ValueError(f"eta_d={self.eta_d}: must be > 0")
+        if not (self.eta_e > 0 and math.isfinite(self.eta_e)):
+            raise ValueError(f"eta_e={self.eta_e}: must be > 0")
         if self.node_us < 0:
             raise ValueError(f"node_us={self.node_us}: must be >= 0")
 
@@ -214,14 +219,27 @@ def layer_times_s(costs: Sequence[LayerCost], peak_gflops: float, bandwidth_gbs:
     """(L, 3) array of ``t_compute``, ``t_memory``, ``t_layer`` in seconds (roofline max + node overhead)."""
     if peak_gflops <= 0 or bandwidth_gbs <= 0:
         raise ValueError(f"peak_gflops={peak_gflops}, bandwidth_gbs={bandwidth_gbs}: both must be > 0")
+    a = _arrays(costs, peak_gflops, bandwidth_gbs)
+    c = calibration
+    t_c, t_m, t = _layer_times(a, c.eta_c, c.eta_m, c.eta_d, c.eta_e, c.node_us * 1e-3, c.cache_mb)
+    return np.stack([t_c, t_m, t], axis=1) * 1e-3 if len(costs) else np.zeros((0, 3))
+
+
+def _arrays(costs: Sequence[LayerCost], peak_gflops: float, bandwidth_gbs: float) -> dict[str, np.ndarray]:
+    """Per-layer raw times in ms at efficiency 1, bytes, MAC/no-MAC flag and kernel calls, each (L,)."""
     macs = np.array([c.macs for c in costs], dtype=np.float64)
     nbytes = np.array([c.bytes_moved for c in costs], dtype=np.float64)
-    eta = np.where(nbytes <= calibration.cache_mb * 1e6, calibration.eta_m, calibration.eta_d)  # (L,)
-    t_c = 2.0 * macs / (calibration.eta_c * peak_gflops * 1e9)  # (L,)
-    t_m = nbytes / (eta * bandwidth_gbs * 1e9)  # (L,)
-    dispatches = np.array([c.dispatches for c in costs], dtype=np.float64)
-    t = np.maximum(t_c, t_m) + calibration.node_us * 1e-6 * dispatches
-    return np.stack([t_c, t_m, t], axis=1) if len(costs) else np.zeros((0, 3))
+    return {"t_c": 2e3 * macs / (peak_gflops * 1e9), "t_m": 1e3 * nbytes / (bandwidth_gbs * 1e9), "bytes": nbytes,
+            "mac": macs > 0, "calls": np.array([c.dispatches for c in costs], dtype=np.float64)}
+
+
+def _layer_times(a: dict[str, np.ndarray], eta_c: float, eta_m: float, eta_d: float, eta_e: float,
+                 node_ms: float, cache_mb: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(t_compute, t_memory, t_layer) in ms, each (L,): the formula in the module docstring."""
+    eta = np.where(a["mac"], np.where(a["bytes"] <= cache_mb * 1e6, eta_m, eta_d), eta_e)  # (L,)
+    t_c = a["t_c"] / eta_c
+    t_m = a["t_m"] / eta
+    return t_c, t_m, np.maximum(t_c, t_m) + node_ms * a["calls"]
 
 
 def predict_latency(costs: Sequence[LayerCost], peak_gflops: float, bandwidth_gbs: float,
@@ -260,46 +278,57 @@ def _rel_errors(pred_ms: np.ndarray, measured_ms: np.ndarray) -> np.ndarray:
 
 def fit_calibration(costs_per_model: Sequence[Sequence[LayerCost]], measured_ms: Sequence[float],
                     peak_gflops: float, bandwidth_gbs: float, ref: str = "") -> Calibration:
-    """Fit ``eta_c, eta_m, eta_d, cache_mb, node_us`` to measured latencies: least squares on
-    ``log(predicted / measured)`` over a log-scale grid (``eta_c`` 1e-2..1e2, ``eta_m``/``eta_d``
-    1e-2..1e2, ``node_us`` 0..50 us, ``cache_mb`` in ``CACHE_MB_GRID``); an exhaustive search, so the
-    optimum on the grid is found whatever the starting point.
+    """Fit ``eta_c, eta_m, eta_d, eta_e, node_us, cache_mb`` to measured latencies: least squares on
+    ``log(predicted / measured)``.
+
+    First an exhaustive log-scale grid (``eta_c``, ``eta_m``, ``eta_d`` over 1e-2..1e2 with
+    ``eta_e = eta_m``, ``node_us`` 0..50 us, ``cache_mb`` in ``CACHE_MB_GRID``), then, from the best grid
+    point of each of the three best ``cache_mb`` values, Nelder-Mead (scipy) over the logs of the five
+    continuous parameters.
     """
     m = np.asarray(measured_ms, dtype=np.float64)
     if len(costs_per_model) != m.size or m.size < 2:
         raise ValueError("fit_calibration needs two or more models with one measurement each")
     if np.any(m <= 0):
         raise ValueError("measured latencies must be > 0")
-    n = np.array([sum(c.dispatches for c in costs) for costs in costs_per_model], dtype=np.float64)  # (M,)
-    etas_c = np.logspace(-2, 2, 33)  # (C,)
-    etas_m = np.logspace(-2, 2, 25)  # (A,)
-    etas_d = np.logspace(-2, 2, 25)  # (D,)
-    nodes_ms = np.concatenate([[0.0], np.logspace(-1, np.log10(50), 30)]) * 1e-3  # (N,)
+    arrays = [_arrays(c, peak_gflops, bandwidth_gbs) for c in costs_per_model]
+    n = np.array([a["calls"].sum() for a in arrays])  # (M,)
+    etas = np.logspace(-2, 2, 25)  # (E,) shared grid for eta_c, eta_m, eta_d
+    nodes_ms = np.concatenate([[0.0], np.logspace(-1, np.log10(50), 20)]) * 1e-3  # (N,)
     log_m = np.log(m)[:, None, None, None]  # (M, 1, 1, 1)
-    raw = []
-    for costs in costs_per_model:
-        macs = np.array([c.macs for c in costs], dtype=np.float64)
-        nbytes = np.array([c.bytes_moved for c in costs], dtype=np.float64)
-        raw.append((2e3 * macs / (peak_gflops * 1e9), 1e3 * nbytes / (bandwidth_gbs * 1e9), nbytes))  # ms
-    best = (math.inf, (1.0, 1.0, 1.0, 0.0, 0.0))
+    per_cache = []
     for cache_mb in CACHE_MB_GRID:
-        t_mem = []  # per model (L, A, D) in ms
-        for _, t_m, nbytes in raw:
-            in_cache = (nbytes <= cache_mb * 1e6)[:, None, None]
-            t_mem.append(np.where(in_cache, t_m[:, None, None] / etas_m[None, :, None],
-                                  t_m[:, None, None] / etas_d[None, None, :]))
-        for eta_c in etas_c:
-            r = np.stack([np.maximum(t_c[:, None, None] / eta_c, tm).sum(axis=0)
-                          for (t_c, *_), tm in zip(raw, t_mem, strict=True)])  # (M, A, D)
+        best = (math.inf, None)
+        t_mem = []  # per model (L, A, D) in ms: eta_m for in-cache and data-movement layers, eta_d beyond cache
+        for a in arrays:
+            fast = (~a["mac"] | (a["bytes"] <= cache_mb * 1e6))[:, None, None]
+            t_mem.append(np.where(fast, a["t_m"][:, None, None] / etas[None, :, None],
+                                  a["t_m"][:, None, None] / etas[None, None, :]))
+        for eta_c in etas:
+            r = np.stack([np.maximum(a["t_c"][:, None, None] / eta_c, tm).sum(axis=0)
+                          for a, tm in zip(arrays, t_mem, strict=True)])  # (M, A, D)
             pred = r[..., None] + n[:, None, None, None] * nodes_ms  # (M, A, D, N)
             loss = ((np.log(np.maximum(pred, 1e-12)) - log_m) ** 2).sum(axis=0)  # (A, D, N)
             ai, di, ni = np.unravel_index(np.argmin(loss), loss.shape)
             if loss[ai, di, ni] < best[0]:
-                best = (float(loss[ai, di, ni]), (float(eta_c), float(etas_m[ai]), float(etas_d[di]),
-                                                  float(nodes_ms[ni]), float(cache_mb)))
-    eta_c, eta_m, eta_d, d_ms, cache_mb = best[1]
-    return Calibration(eta_c, eta_m, eta_d, d_ms * 1e3, cache_mb, "measured",
-                       ref or f"fitted to {m.size} measured models", peak_gflops, bandwidth_gbs)
+                best = (float(loss[ai, di, ni]), (eta_c, etas[ai], etas[di], etas[ai], max(nodes_ms[ni], 1e-6)))
+        per_cache.append((best[0], cache_mb, best[1]))
+    from scipy.optimize import minimize
+
+    def loss_fn(theta: np.ndarray, cache_mb: float) -> float:
+        ec, em, ed, ee, nd = np.exp(theta)
+        pred = np.array([_layer_times(a, ec, em, ed, ee, nd, cache_mb)[2].sum() for a in arrays])
+        return float(np.sum((np.log(np.maximum(pred, 1e-12)) - np.log(m)) ** 2))
+
+    final = (math.inf, None, None)
+    for _, cache_mb, start in sorted(per_cache, key=lambda t: t[0])[:3]:
+        res = minimize(loss_fn, np.log(np.array(start, dtype=np.float64)), args=(cache_mb,), method="Nelder-Mead",
+                       options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-8})
+        if res.fun < final[0]:
+            final = (float(res.fun), cache_mb, np.exp(res.x))
+    _, cache_mb, (eta_c, eta_m, eta_d, eta_e, node_ms) = final
+    return Calibration(float(eta_c), float(eta_m), float(eta_d), float(node_ms) * 1e3, float(cache_mb), "measured",
+                       ref or f"fitted to {m.size} measured models", peak_gflops, bandwidth_gbs, float(eta_e))
 
 
 def cached_calibration(device: str, cache: Path | None = None) -> Calibration | None:
