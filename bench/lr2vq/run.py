@@ -83,8 +83,13 @@ def bench(name: str, out: Path) -> dict:
     example = sample_batch(val_dl, 2)
     model = zoo.create(spec["zoo"], num_classes=10, **spec["options"])
     t0 = time.perf_counter()
-    train(model, train_dl, val_dl, TrainConfig(epochs=spec["fp32_epochs"], optimizer="adamw", lr=3e-3,
-                                               weight_decay=0.05, warmup_epochs=0.5, progress=False))
+    cache = out / f"{name}_fp32.pt"  # not committed; lets an interrupted benchmark skip the FP32 training
+    if cache.is_file():
+        model.load_state_dict(torch.load(cache, weights_only=True))
+    else:
+        train(model, train_dl, val_dl, TrainConfig(epochs=spec["fp32_epochs"], optimizer="adamw", lr=3e-3,
+                                                   weight_decay=0.05, warmup_epochs=0.5, progress=False))
+        torch.save(model.state_dict(), cache)
     model.eval()
     record = {"model": spec["zoo"], "options": spec["options"], "input": f"3x{SIZE}x{SIZE}",
               "data": "sklearn digits, 1437 train / 360 val, resized to 16x16",

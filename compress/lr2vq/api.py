@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from edgecompress.compress.lr2vq.accounting import FLOAT_BITS, account, fold_batchnorm, vq_layer_bits
+from edgecompress.compress.lr2vq.accounting import FLOAT_BITS, account, fold_batchnorm, stored_state, vq_layer_bits
 from edgecompress.compress.lr2vq.block import LR2VQLayer, row_length, to_subvectors
 from edgecompress.compress.lr2vq.estimate import DEstimate, estimate_d
 from edgecompress.compress.result import Result
@@ -206,8 +206,8 @@ def _round_to_fp16(model: nn.Module) -> None:
         if isinstance(module, LR2VQLayer):
             module.freeze()
     fold_batchnorm(model)
-    for tensor in model.state_dict().values():
-        if tensor.is_floating_point() and tensor.dtype == torch.float32:
+    for tensor in stored_state(model).values():  # folded BatchNorm statistics (0, 1 - eps) are not stored
+        if tensor.dtype == torch.float32:
             tensor.copy_(tensor.half().float())
 
 

@@ -126,17 +126,19 @@ def read_compact(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     arrays, offset = {}, 12 + h
     for key, dtype, shape in header["tensors"]:
         n = int(np.prod(shape)) if shape else 1
-        if dtype.startswith("bits"):
+        if dtype.startswith("bits") and dtype[4:].isdigit():
             bits = int(dtype[4:])
             size = (n * bits + 7) // 8
-            arrays[key] = unpack_bits(np.frombuffer(data, np.uint8, size, offset), bits, n)
         elif dtype == "float16":
             size = 2 * n
-            arrays[key] = np.frombuffer(data, "<f2", n, offset).reshape(shape)
         else:
             raise BadInputError(f"{path}: tensor {key!r} has unknown dtype {dtype!r}")
         if offset + size > len(data):
             raise BadInputError(f"{path}: truncated at tensor {key!r}")
+        if dtype == "float16":
+            arrays[key] = np.frombuffer(data, "<f2", n, offset).reshape(shape)
+        else:
+            arrays[key] = unpack_bits(np.frombuffer(data, np.uint8, size, offset), bits, n)
         offset += size
     if offset != len(data):
         raise BadInputError(f"{path}: {len(data) - offset} trailing bytes after the last tensor")
