@@ -267,7 +267,7 @@ def sandwich_loss(supernet: Supernet, x: torch.Tensor, y: torch.Tensor, rng: ran
     for subnet in [space.min_subnet(), *(space.sample(rng) for _ in range(num_random))]:
         student = supernet.set_active(subnet)(x).log_softmax(1)
         F.kl_div(student, teacher, reduction="batchmean").backward()
-    return float(loss)
+    return loss.item()
 
 
 def _optimizer(supernet: Supernet, lr: float, weight_decay: float) -> torch.optim.Optimizer:
