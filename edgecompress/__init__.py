@@ -26,6 +26,8 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ExportReport": ("edgecompress.export.onnx", "ExportReport"),
     "Engine": ("edgecompress.runtime.engine", "Engine"),
     "load_engine": ("edgecompress.runtime.engine", "load_engine"),
+    "load_bundle": ("edgecompress.runtime.bundle", "load_bundle"),
+    "compile_bundle": ("edgecompress.runtime.bundle", "compile_bundle"),
     "profile": ("edgecompress.profiler", "profile"),
     "ProfileConfig": ("edgecompress.profiler", "ProfileConfig"),
     "devices": ("edgecompress.devices", None),
