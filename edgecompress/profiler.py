@@ -46,7 +46,8 @@ class ProfileConfig:
     ``energy``: auto | none | rapl | nvml | jetson | rpi5 | csv:FILE. ``offline_batch``: batch of the
     offline-throughput run (``None``: the timed runs at ``batch``). ``remote`` (HOST:PORT) or
     ``tracker`` (HOST:PORT) with ``key``: time on a board over TVM RPC, each step within
-    ``remote_timeout_s``. ``histogram``: a PNG path.
+    ``remote_timeout_s``. ``histogram``: a PNG path. ``predict``: put the cost model's prediction beside a
+    measurement of an ONNX file (the first use measures the host's peak and bandwidth, a few seconds).
     """
 
     runtime: str = "onnxruntime"
@@ -61,6 +62,7 @@ class ProfileConfig:
     idle_seconds: float = 1.0
     offline_batch: int | None = None
     per_layer: bool = False
+    predict: bool = True
     histogram: str | None = None
     remote: str | None = None
     tracker: str | None = None
@@ -203,7 +205,7 @@ def _extend(report: dict, run_batch: Callable[[int], Callable[[], object] | None
     report["mlperf"] = _mlperf(report, run_batch, batch, config)
     if config.energy != "none":
         report["energy"] = _energy(report, run_batch(batch), batch, config)
-    if onnx_path is not None:
+    if onnx_path is not None and config.predict:
         report["predicted"] = _prediction(onnx_path, config, batch, report["latency_ms"]["median_ms"])
     if config.per_layer:
         report["per_layer"] = (ort_per_layer(onnx_path, config) if onnx_path is not None
