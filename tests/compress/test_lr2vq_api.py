@@ -1,0 +1,149 @@
+"""``vq`` end to end on a tiny model, per-layer policy lines, bad inputs, the CLI and the demo stage's contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from edgecompress.compress.lr2vq.api import LR2VQConfig, plan_layers, vq, write_artifacts
+from edgecompress.compress.lr2vq.block import LR2VQLayer
+from edgecompress.compress.lr2vq.storage import load_compact
+from edgecompress.errors import BadInputError
+
+
+def _loaders(n: int = 64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long()  # learnable: sign of the first channel's mean
+    ds = TensorDataset(x, y)
+    return DataLoader(ds, batch_size=32, shuffle=True, generator=g), DataLoader(ds, batch_size=64)
+
+
+def _pruned_like() -> nn.Module:
+    """Odd widths, as a pruned model has: nothing may assume zoo widths."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+                         nn.Conv2d(12, 20, 3, padding=1, bias=False), nn.BatchNorm2d(20), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(20, 2)).eval()
+
+
+def test_vq_end_to_end_report_and_frozen_model(tmp_path):
+    train_dl, val_dl = _loaders()
+    model = _pruned_like()
+    result = vq(model, train_dl, LR2VQConfig(k=16, m=4, d=None, epochs=4, d_candidates=(1, 2, 4)), val_dl)
+    rep = result.report
+    assert isinstance(model[3], nn.Conv2d)  # the user's model is untouched
+    blocks = [m for m in result.model.modules() if isinstance(m, LR2VQLayer)]
+    assert len(blocks) == rep["quantised_layers"] == 3 and all(b.phase == "frozen" for b in blocks)
+    assert rep["d"] in (1, 2, 4) and rep["d_source"] == "estimated"
+    assert rep["d_estimate"]["candidates"] == [1, 2, 4]
+    assert set(rep["phases"]) == {"lowrank", "soft", "hard"}
+    assert rep["ratio"] == rep["accounting"]["ratio"] > 1
+    assert 0.0 <= rep["val_accuracy"] <= 1.0 and rep["fp32_val_accuracy"] is not None
+    files = write_artifacts(result, tmp_path, torch.randn(1, 3, 8, 8))
+    assert files["checkpoint"]["reload_identical"]
+    assert files["compact_onnx"]["max_rel_error"] < 1e-4 and files["dense_onnx"]["max_rel_error"] < 1e-4
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["files"]["checkpoint"]["bytes"] == (tmp_path / "model.ecvq").stat().st_size
+    reloaded = load_compact(tmp_path / "model.ecvq", _pruned_like())
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), result.model(x))
+
+
+def test_pq_uses_identity_projection_and_same_schedule():
+    train_dl, val_dl = _loaders()
+    result = vq(_pruned_like(), train_dl, LR2VQConfig(k=8, m=4, epochs=0, method="pq"), val_dl)
+    blocks = [m for m in result.model.modules() if isinstance(m, LR2VQLayer)]
+    assert all(b.identity and b.d == 4 and b.proj is None for b in blocks)
+    assert result.report["d_source"] == "pq: d = m" and result.report["phases"] == {}
+
+
+def test_per_layer_policy_lines():
+    model = _pruned_like()
+    # m=8: stem 324 weights (8 does not divide), conv 2160 (L=108, 8 does not divide L but divides 2160), fc 40
+    plans = {p.name: p for p in plan_layers(model, LR2VQConfig(k=256, m=8))}
+    assert not plans["0"].quantised and "divides neither" in plans["0"].reason
+    assert plans["3"].quantised and "straddle" in plans["3"].note
+    assert plans["3"].k == 128  # N = 270 sub-vectors: k=256 > N/2 -> largest power of two <= 135
+    assert plans["8"].k == 2  # N = 5 sub-vectors: k = 2
+    (tiny,) = plan_layers(nn.Sequential(nn.Linear(4, 2)), LR2VQConfig(k=4, m=4))  # N = 2: no codebook fits
+    assert not tiny.quantised and "too few" in tiny.reason
+    plans = {p.name: p for p in plan_layers(model, LR2VQConfig(k=4, m=4, exclude=("8",)))}
+    assert plans["8"].reason == "excluded by config.exclude"
+
+
+def test_layer_that_would_not_shrink_stays_uncompressed():
+    train_dl, val_dl = _loaders()
+    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Flatten(), nn.Linear(512, 2))
+    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0), val_dl)
+    lines = {ln["name"]: ln for ln in result.report["layers"]}
+    # conv: 24 weights = 6 sub-vectors, k = 2: 6 + 2x4x16 + 4x4x16 = 390 bits > 24 x 16 = 384 bits in fp16
+    assert lines["0"]["status"] == "uncompressed (fp16)" and "not worth" in lines["0"]["reason"]
+    assert lines["2"]["status"] == "quantised"
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"d": 17, "m": 16}, "d=17"), ({"k": 1}, "k=1"), ({"m": 0}, "m=0"), ({"method": "rvq"}, "method"),
+    ({"epochs": -1}, "epochs"), ({"tau": (1.0, 0.0)}, "tau"), ({"d_candidates": (0, 2)}, "d_candidates"),
+])
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        LR2VQConfig(**kwargs)
+
+
+def test_model_without_conv_or_linear_is_refused():
+    train_dl, _ = _loaders()
+    with pytest.raises(BadInputError, match="no nn.Conv2d or nn.Linear"):
+        vq(nn.Sequential(nn.Flatten(), nn.ReLU()), train_dl, LR2VQConfig(k=4, m=4, epochs=0))
+
+
+def test_no_quantisable_layer_names_every_reason():
+    train_dl, _ = _loaders()
+    with pytest.raises(BadInputError, match="0: m=7 divides neither"):
+        vq(nn.Sequential(nn.Conv2d(3, 4, 1)), train_dl, LR2VQConfig(k=4, m=7, epochs=0))
+
+
+def test_unknown_exclude_name_is_refused():
+    train_dl, _ = _loaders()
+    with pytest.raises(BadInputError, match="nope"):
+        vq(_pruned_like(), train_dl, LR2VQConfig(k=4, m=4, epochs=0, exclude=("nope",)))
+
+
+def test_cli_vq_writes_every_file(tmp_path, capsys):
+    from edgecompress.cli import main
+
+    out = tmp_path / "out"
+    code = main(["vq", "--model", "zoo:resnet_cifar_tiny", "--data", "digits", "--input-size", "3", "8", "8",
+                 "--k", "8", "--m", "8", "--d", "2", "--epochs", "0", "-o", str(out)])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} >= {"model.ecvq", "model_compact.onnx", "model_dense.onnx", "report.json"}
+    text = capsys.readouterr().out
+    assert "ratio" in text and "model.ecvq" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["d"] == 2 and report["files"]["compact_onnx"]["max_rel_error"] < 1e-4
+
+
+def test_cli_bad_d_exits_2(tmp_path, capsys):
+    from edgecompress.cli import main
+
+    code = main(["vq", "--model", "zoo:resnet_cifar_tiny", "--data", "digits", "--m", "8", "--d", "9",
+                 "-o", str(tmp_path)])
+    assert code == 2 and "d=9" in capsys.readouterr().err
+
+
+def test_demo_stage_reports_ratio_bytes_and_accuracy(tmp_path):
+    from edgecompress.demo import DemoConfig, DemoContext
+    from edgecompress.demo_stages.vq import vq_stage
+    from edgecompress.fileio import RunDir
+
+    train_dl, val_dl = _loaders()
+    ctx = DemoContext(config=DemoConfig(quick=True), run=RunDir(tmp_path / "run"), train_loader=train_dl,
+                      val_loader=val_dl, model=_pruned_like(), example=torch.randn(1, 3, 8, 8))
+    report = vq_stage(ctx, tmp_path)
+    assert report["ratio"] > 1 and report["files"]["checkpoint"]["bytes"] == (tmp_path / "model.ecvq").stat().st_size
+    assert ctx.summary["vq_ratio"] == report["ratio"] and isinstance(ctx.model[0], nn.Conv2d)
