@@ -102,3 +102,22 @@ def test_cli_prune_writes_model_onnx_and_report(tmp_path):
     assert sum(p.numel() for p in loaded.parameters()) == report["pruned"]["params"]
     assert main(["prune", "--model", "zoo:vgg_tiny", "--data", "digits", "--target-sparsity", "1.5",
                  "-o", str(out)]) == 2
+
+
+def test_demo_stage_prunes_a_copy_and_reports(tmp_path):
+    from edgecompress.data import digits_loaders
+    from edgecompress.demo import DemoConfig, DemoContext
+    from edgecompress.demo_stages.prune import prune_stage
+
+    train_dl, val_dl = digits_loaders(batch_size=32, seed=0)
+    small = DataLoader(torch.utils.data.Subset(train_dl.dataset, range(96)), batch_size=32)  # keep the test short
+    model = zoo.create("mobilenetv2_cifar_tiny").eval()
+    small_val = DataLoader(torch.utils.data.Subset(val_dl.dataset, range(64)), batch_size=32)
+    ctx = DemoContext(DemoConfig(model="mobilenetv2_cifar_tiny", quick=True), run=None, train_loader=small,
+                      val_loader=small_val, model=model, example=torch.randn(1, 3, 32, 32))
+    before = [p.clone() for p in model.parameters()]
+    report = prune_stage(ctx, tmp_path)
+    assert report["pruned"]["macs"] < report["dense"]["macs"] and 0 <= report["val_accuracy"] <= 1
+    assert ctx.summary["pruned_params"] == report["pruned"]["params"]
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # dense model untouched
+    assert load_pruned(tmp_path / "pruned") is not None

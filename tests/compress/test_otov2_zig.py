@@ -215,3 +215,27 @@ def test_no_prunable_group_is_a_clear_error():
     oto = OTO(model, torch.randn(1, 12))
     with pytest.raises(BadInputError, match="no prunable group"):
         oto.random_zero_groups(0.5, seed=0)
+
+
+class PlainSelfAttention(nn.Module):
+    """A hand-written attention block (qkv linear, reshape to heads, matmul, softmax, projection)."""
+
+    def __init__(self, dim=16, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):  # (B, L, dim)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        a = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(-1)
+        y = self.proj((a @ v).transpose(1, 2).reshape(b, n, c))
+        return self.head((x + y).mean(1))
+
+
+def test_plain_self_attention_is_left_alone_with_a_reason():
+    oto = OTO(PlainSelfAttention().eval(), torch.randn(1, 5, 16))
+    qkv = [z for z in oto.groups if z.name == "qkv"]
+    assert qkv and not qkv[0].prunable and qkv[0].reason

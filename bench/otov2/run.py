@@ -1,0 +1,169 @@
+"""OTOv2 benchmark on digits: dense vs OTOv2 (DHSPG, trained once) vs torch-pruning L2 magnitude at the same MACs.
+
+For one model (``--model resnet20`` or ``mobilenetv2_cifar`` at ``--width`` 0.5) and each target group
+sparsity in ``--targets``:
+
+- dense: trained ``--epochs`` epochs (AdamW lr 3e-3, wd 0.05, cosine);
+- OTOv2: ``edgecompress.prune`` from scratch with the same ``--epochs`` (DHSPG AdamW, one training, no
+  fine-tuning), subnet checked against the group-sparse model;
+- torch-pruning: a dense model trained ``epochs // 2`` (shared by the targets), pruned by ``MetaPruner`` +
+  ``GroupMagnitudeImportance(p=2)`` (uniform ratio, classifier ignored) with the ratio bisected so its MACs
+  match OTOv2's within 2%, then fine-tuned ``epochs - epochs // 2``: the same total epochs.
+
+Then every candidate is exported to ONNX and timed in onnxruntime (1 thread, batch 1) in ONE interleaved
+run (``devices.timing.interleaved``); latency ratios are dense / candidate from that run. Results are
+written after every step to ``OUT/<model>.json``. Source of every latency: measured on this host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, help="resnet20 | mobilenetv2_cifar (any CIFAR zoo model works)")
+    p.add_argument("--width", type=float, default=0.5, help="width_mult for mobilenetv2_cifar")
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3, 0.7])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--out", default="bench/otov2/results")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+
+    import torch_pruning as tp
+
+    import edgecompress as ec
+    from edgecompress.compress.stats import model_stats
+    from edgecompress.compress.train import TrainConfig, evaluate, train
+    from edgecompress.data import digits_loaders
+    from edgecompress.devices.host import host_info
+    from edgecompress.devices.timing import LatencyStats, interleaved
+    from edgecompress.export.onnx import export_onnx
+    from edgecompress.runtime.engine import EngineOptions, load_engine
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_dir = out / "onnx"
+    onnx_dir.mkdir(exist_ok=True)
+    tag = args.model if args.model == "resnet20" else f"{args.model}_w{args.width}"
+    path = out / f"{tag}.json"
+    train_dl, val_dl = digits_loaders(batch_size=64, seed=0)
+    example = next(iter(val_dl))[0][:1]
+    kw = {"width_mult": args.width} if args.model == "mobilenetv2_cifar" else {}
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(0)
+        return ec.zoo.create(args.model, num_classes=10, **kw)
+
+    def tcfg(epochs: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, optimizer="adamw", lr=3e-3, weight_decay=0.05, seed=0, progress=False)
+
+    res = {"model": tag, "data": "sklearn digits 32x32x3, 1437 train / 360 val", "epochs": args.epochs,
+           "host": host_info(), "torch_threads": args.threads, "torch_pruning": tp.__version__,
+           "note": "CPU contended by other engineers' jobs while this ran; prefer min and interleaved ratios",
+           "dense": {}, "otov2": {}, "torch_pruning_l2": {}}
+
+    def save() -> None:
+        path.write_text(json.dumps(res, indent=1, default=str))
+
+    models: dict[str, nn.Module] = {}
+    t0 = time.perf_counter()
+    dense = fresh()
+    train(dense, train_dl, None, tcfg(args.epochs))
+    dense.eval()
+    models["dense"] = dense
+    res["dense"] = {"val_accuracy": evaluate(dense, val_dl), **model_stats(dense, example),
+                    "train_seconds": time.perf_counter() - t0}
+    save()
+    print("dense", res["dense"], flush=True)
+
+    half = fresh()
+    train(half, train_dl, None, tcfg(args.epochs // 2))
+    half.eval()
+    res["torch_pruning_l2"]["pretrain_val_accuracy"] = evaluate(half, val_dl)
+
+    def tp_prune(ratio: float) -> nn.Module:
+        m = copy.deepcopy(half)
+        ignored = [mm for mm in m.modules() if isinstance(mm, nn.Linear)][-1:]  # the classifier
+        pruner = tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                      pruning_ratio=ratio, ignored_layers=ignored)
+        pruner.step()
+        return m
+
+    for s in args.targets:
+        key = f"{s:.1f}"
+        t0 = time.perf_counter()
+        cfg = ec.OTOv2Config(target_group_sparsity=s, epochs=args.epochs, progress=False)
+        result = ec.prune(fresh(), example, train_dl, cfg, val_dl)
+        r = result.report
+        models[f"otov2@{key}"] = result.model.eval()
+        res["otov2"][key] = {"val_accuracy": r["val_accuracy"],
+                             "val_accuracy_group_sparse": r["val_accuracy_group_sparse"],
+                             "group_sparsity": r["group_sparsity"], **r["pruned"], "macs_ratio": r["macs_ratio"],
+                             "params_ratio": r["params_ratio"],
+                             "construction_rel_err": r["construction"]["relative_error"],
+                             "groups": {k: r["groups"][k] for k in ("groups", "prunable", "prunable_rows")},
+                             "train_seconds": time.perf_counter() - t0}
+        save()
+        print("otov2", key, res["otov2"][key], flush=True)
+
+        # torch-pruning at the same MACs: bisect the uniform ratio
+        goal = r["pruned"]["macs"]
+        lo, hi, best = 0.0, 0.95, None
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            cand = tp_prune(mid)
+            macs = model_stats(cand, example)["macs"]
+            if best is None or abs(macs - goal) < abs(best[1] - goal):
+                best = (mid, macs, cand)
+            if abs(macs - goal) / goal < 0.02:
+                break
+            lo, hi = (mid, hi) if macs > goal else (lo, mid)
+        ratio, _, pruned = best
+        t0 = time.perf_counter()
+        acc_before = evaluate(pruned, val_dl)
+        train(pruned, train_dl, None, tcfg(args.epochs - args.epochs // 2))
+        pruned.eval()
+        models[f"tp_l2@{key}"] = pruned
+        res["torch_pruning_l2"][key] = {"pruning_ratio": ratio, "val_accuracy_before_finetune": acc_before,
+                                        "val_accuracy": evaluate(pruned, val_dl), **model_stats(pruned, example),
+                                        "macs_ratio": model_stats(pruned, example)["macs"] / res["dense"]["macs"],
+                                        "finetune_seconds": time.perf_counter() - t0}
+        save()
+        print("tp", key, res["torch_pruning_l2"][key], flush=True)
+
+    # ONE interleaved latency run over every candidate
+    engines = {}
+    for name, m in models.items():
+        f = onnx_dir / f"{tag}_{name.replace('@', '_')}.onnx"
+        export_onnx(m, example, f)
+        engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
+    feeds = {n: e.example_feeds(batch=1) for n, e in engines.items()}
+    fns = {n: (lambda e=e, fd=feeds[n]: e.run(fd)) for n, e in engines.items()}
+    samples = interleaved(fns, warmup=10, repeats=args.repeats, rounds=args.rounds)
+    stats = {n: LatencyStats.from_samples(v).as_dict() for n, v in samples.items()}
+    d = stats["dense"]
+    res["latency"] = {"source": "measured", "runtime": "onnxruntime CPUExecutionProvider", "threads": args.threads,
+                      "batch": 1, "warmup": 10, "repeats": args.repeats, "rounds": args.rounds, "stats_ms": stats,
+                      "ratio_vs_dense_median": {n: d["median_ms"] / s["median_ms"] for n, s in stats.items()},
+                      "ratio_vs_dense_min": {n: d["min_ms"] / s["min_ms"] for n, s in stats.items()}}
+    save()
+    print("latency", json.dumps(res["latency"]["ratio_vs_dense_median"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
