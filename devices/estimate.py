@@ -354,15 +354,14 @@ def save_calibration(device: str, calibration: Calibration, cache: Path | None =
     return path
 
 
-def calibration_for(profile, host=None, cache: Path | None = None) -> Calibration:
-    """The best calibration for ``profile``: its own (cache, then YAML), else the host's (same kind), else none."""
+def _base_calibration(profile, host=None, cache: Path | None = None) -> Calibration:
     own = cached_calibration(profile.name, cache)
     if own is not None:
         return own
     if profile.calibration:
         return Calibration(**profile.calibration)
     if host is not None and host.name != profile.name and host.kind == profile.kind:
-        base = calibration_for(host, None, cache)
+        base = _base_calibration(host, None, cache)
         if base.source != "uncalibrated":
             host_clock, clock = host.value("clock_ghz"), profile.value("clock_ghz")
             scale = host_clock / clock if host_clock and clock else 1.0
@@ -371,6 +370,63 @@ def calibration_for(profile, host=None, cache: Path | None = None) -> Calibratio
                            ref=f"host calibration ({base.source}: {base.ref}) applied to {profile.name}, "
                                f"node overhead scaled by clock ratio {scale:.2f}; an assumption until measured")
     return Calibration()
+
+
+def calibration_for(profile, host=None, cache: Path | None = None, use_ratios: bool = True) -> Calibration:
+    """The best calibration for ``profile``.
+
+    Its own fit (cache, then YAML); else the host's (same kind), ``transferred``; else none. Then, for
+    a calibration that is not the device's own fit, measured/predicted ratios recorded for this device
+    (``record_ratio``, e.g. by profiling over RPC) scale every term by their geometric mean.
+    """
+    base = _base_calibration(profile, host, cache)
+    if not use_ratios or base.source == "measured":
+        return base
+    ratio = measured_ratio(profile.name, cache)
+    if ratio is None:
+        return base
+    k, count = ratio
+    return scale_calibration(base, k, f"{base.source} calibration ({base.ref}) scaled by {k:.3f}, the geometric mean "
+                                      f"of {count} measured/predicted ratio(s) on {profile.name}")
+
+
+def scale_calibration(cal: Calibration, k: float, ref: str) -> Calibration:
+    """Every predicted time multiplied by ``k``: efficiencies divided by it, node overhead multiplied."""
+    if not (k > 0 and math.isfinite(k)):
+        raise ValueError(f"k={k}: must be > 0")
+    return replace(cal, eta_c=cal.eta_c / k, eta_m=cal.eta_m / k, eta_d=cal.eta_d / k, eta_e=cal.eta_e / k,
+                   node_us=cal.node_us * k, source="ratio-calibrated", ref=ref)
+
+
+def record_ratio(device: str, model_key: str, measured_ms: float, predicted_ms: float,
+                 cache: Path | None = None) -> Path:
+    """Remember a measured/predicted latency ratio for ``device`` (one per model key, the last wins)."""
+    from edgecompress.devices.profiles import cache_dir
+    from edgecompress.fileio import write_json_atomic
+
+    if measured_ms <= 0 or predicted_ms <= 0:
+        raise ValueError(f"measured_ms={measured_ms}, predicted_ms={predicted_ms}: both must be > 0")
+    path = (cache or cache_dir()) / f"ratios-{device}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[model_key] = {"measured_ms": measured_ms, "predicted_ms": predicted_ms, "ratio": measured_ms / predicted_ms}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, data)
+    return path
+
+
+def measured_ratio(device: str, cache: Path | None = None) -> tuple[float, int] | None:
+    """(geometric mean of the recorded measured/predicted ratios, their count) or ``None``."""
+    from edgecompress.devices.profiles import cache_dir
+
+    path = (cache or cache_dir()) / f"ratios-{device}.json"
+    if not path.is_file():
+        return None
+    try:
+        ratios = [float(v["ratio"]) for v in json.loads(path.read_text()).values()]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInputError(f"{path}: not a ratio file ({exc}); delete it") from None
+    ratios = [r for r in ratios if r > 0 and math.isfinite(r)]
+    return (float(np.exp(np.mean(np.log(ratios)))), len(ratios)) if ratios else None
 
 
 def predict_for_device(model_or_path, profile, batch: int = 1, precision: str = "fp32",

@@ -331,9 +331,30 @@ def profile_remote(target: Any, config: ProfileConfig) -> dict:
                                  idle.value if idle else None, latency_source="measured on the board (median)")
         energy["note"] = "meters on a board are not read over RPC; an estimate from the profile's load power"
         report["energy"] = energy
+    if config.predict:
+        report["predicted"] = _record_remote_ratio(target, config, report["latency_ms"]["median_ms"])
     if config.histogram:
         report["histogram"] = str(write_histogram(report, config.histogram))
     return report
+
+
+def _record_remote_ratio(onnx_path: str | Path, config: ProfileConfig, measured_ms: float) -> dict:
+    """Predict the board's latency without measured ratios, then record measured/predicted for later predictions."""
+    from edgecompress.devices.estimate import calibration_for, predict_for_device, record_ratio
+    from edgecompress.devices.profiles import load_profile
+    from edgecompress.fileio import sha256_file
+
+    try:
+        host = load_profile("host", measure_host=True)
+        device = host if config.device == "host" else load_profile(config.device)
+        base = calibration_for(device, host, use_ratios=False)
+        pred = predict_for_device(onnx_path, device, batch=config.batch, calibration=base, host=host)
+    except BadInputError as exc:
+        return {"source": "predicted", "available": False, "reason": str(exc)}
+    path = record_ratio(config.device, f"{sha256_file(onnx_path)[:16]}-b{config.batch}", measured_ms,
+                        pred["latency_ms"])
+    return {"source": "predicted", "latency_ms": pred["latency_ms"], "calibration": base.as_dict(),
+            "ratio_measured_to_predicted": measured_ms / pred["latency_ms"], "recorded_in": str(path)}
 
 
 # ----------------------------------------------------------------------------- per-layer, histogram

@@ -102,3 +102,20 @@ def test_residual_add_and_relu_fuse_and_grouped_conv_counts_one_call_per_group()
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], [w, wg, wd])
     costs = layer_costs(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     assert [(c.op_type, c.dispatches) for c in costs] == [("Conv", 1), ("Conv", 2), ("Conv", 1)]
+
+
+def test_measured_ratios_scale_a_transferred_prediction(tmp_path, monkeypatch):
+    from edgecompress.devices.estimate import measured_ratio, record_ratio
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path))
+    rpi4 = load_profile("rpi4")
+    before = predict_for_device(_conv_model(), rpi4)
+    assert before["calibration"]["source"] == "uncalibrated"
+    record_ratio("rpi4", "model-a", measured_ms=4.0, predicted_ms=1.0)
+    record_ratio("rpi4", "model-b", measured_ms=1.0, predicted_ms=1.0)
+    assert measured_ratio("rpi4") == (pytest.approx(2.0), 2)  # geometric mean of 4 and 1
+    after = predict_for_device(_conv_model(), rpi4)
+    assert after["calibration"]["source"] == "ratio-calibrated"
+    assert "2 measured/predicted" in after["calibration"]["ref"]
+    assert after["latency_ms"] == pytest.approx(2.0 * before["latency_ms"])
+    assert calibration_for(rpi4, use_ratios=False).source == "uncalibrated"

@@ -71,8 +71,10 @@ def test_profile_through_tracker_matches_local_tvm(tiny_library, farm):
 
 
 @pytest.mark.slow  # compiles the model again inside the command (~20 s on 2 cores)
-def test_profile_command_over_the_tracker(tiny_library, farm, tmp_path):
+def test_profile_command_over_the_tracker(tiny_library, farm, tmp_path, monkeypatch):
     from edgecompress.cli import main
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))
 
     onnx_path, _, _ = tiny_library
     tracker, _ = farm
@@ -86,6 +88,9 @@ def test_profile_command_over_the_tracker(tiny_library, farm, tmp_path):
     assert report["source"] == "measured" and report["runtime"] == "tvm-rpc"
     assert report["settings"]["timer"] == "tvm time_evaluator on the board"
     assert report["energy"]["source"] == "estimated"
+    # the board's measured/predicted ratio is kept for later predictions of this device
+    assert report["predicted"]["ratio_measured_to_predicted"] > 0
+    assert (tmp_path / "cache" / "ratios-host.json").is_file()
 
 
 def test_wrong_key_is_a_clear_error_quickly(farm, tiny_library):
