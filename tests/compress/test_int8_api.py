@@ -142,3 +142,15 @@ def test_qat_fine_tunes_and_exports_the_same_int8_form(tiny, tmp_path):
     assert res.report["placement"]["int8_layers"] == res.report["placement"]["layers"]
     assert res.report["checks"]["reference"].startswith("the original FP32")
     assert np.isfinite(res.report["checks"]["sqnr_db"])
+
+
+def test_layer_onnxruntime_cannot_run_in_int8_is_named_not_counted(tmp_path):
+    # onnxruntime's CPU provider has no INT8 ConvTranspose: it must show up as a float layer and a warning
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2),
+                          nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    with pytest.warns(UserWarning, match="1 of 3 layers do not run in INT8 on onnxruntime.*ConvTranspose"):
+        res = quantize(model, torch.randn(16, 3, 16, 16), Int8Config(**NO_FLOORS), output=tmp_path / "ct.onnx")
+    pl = res.report["placement"]
+    assert (pl["layers"], pl["int8_layers"], pl["float_layers"]) == (3, 2, 1)
+    assert pl["float_layer_names"] == ["/2/ConvTranspose"]
+    assert pl["runtime_ops"]["ConvTranspose"] == 1
