@@ -34,7 +34,7 @@ from edgecompress.nas import zoo
 
 MODELS = {
     "resnet20": {"zoo": "resnet20", "options": {}, "fp32_epochs": 8,
-                 "grid": [(4, 256), (8, 64), (8, 32), (8, 16)], "sweep": (8, 32, [2, 3, 4, 6, 8])},
+                 "grid": [(8, 32), (8, 16), (8, 64), (4, 256)], "sweep": (8, 32, [2, 4, 8])},
     "mobilenetv2": {"zoo": "mobilenetv2_cifar", "options": {"width_mult": 0.5}, "fp32_epochs": 6,
                     "grid": [(8, 64), (16, 32)], "sweep": None},
     "tiny": {"zoo": "resnet_cifar_tiny", "options": {}, "fp32_epochs": 1, "grid": [(8, 16)], "sweep": (8, 16, [2, 8])},
@@ -103,7 +103,9 @@ def bench(name: str, out: Path) -> dict:
     path = out / f"{name}.json"
     write_json_atomic(path, record)
     print(f"{name}: FP32 val accuracy {record['fp32']['val_accuracy']:.4f}", flush=True)
-    for m, k in spec["grid"]:
+    for i, (m, k) in enumerate(spec["grid"]):
+        if i == 1 and spec["sweep"]:
+            sweep(model, train_dl, val_dl, example, spec["sweep"], record, path, epochs)
         for method in ("lr2vq", "pq"):
             row = one_run(model, train_dl, val_dl, example, LR2VQConfig(k=k, m=m, epochs=epochs, method=method))
             record["runs"].append(row)
@@ -111,18 +113,24 @@ def bench(name: str, out: Path) -> dict:
             print(f"{name} {method} m={m} k={k} d={row['d']}: ratio {row['ratio']:.1f}x, "
                   f"acc {row['val_accuracy']:.4f}, ckpt {row['checkpoint_bytes']} B, {row['seconds']:.0f} s",
                   flush=True)
-    if spec["sweep"]:
-        m, k, ds = spec["sweep"]
-        estimated = next(r["d"] for r in record["runs"] if r["m"] == m and r["k"] == k and r["method"] == "lr2vq")
-        for d in ds:
-            if d == estimated:
-                row = next(r for r in record["runs"] if r["m"] == m and r["k"] == k and r["method"] == "lr2vq")
-            else:
-                row = one_run(model, train_dl, val_dl, example, LR2VQConfig(k=k, m=m, d=d, epochs=epochs))
-            record["sweep"].append({**row, "estimated": d == estimated})
-            write_json_atomic(path, record)
-            print(f"{name} sweep d={d}: acc {row['val_accuracy']:.4f}, ratio {row['ratio']:.1f}x", flush=True)
+    if spec["sweep"] and len(spec["grid"]) == 1:
+        sweep(model, train_dl, val_dl, example, spec["sweep"], record, path, epochs)
     return record
+
+
+def sweep(model, train_dl, val_dl, example, spec, record: dict, path: Path, epochs: int) -> None:
+    """LR2VQ at fixed (m, k) for each d in the sweep, next to the run with the estimated d."""
+    m, k, ds = spec
+    estimated = next(r for r in record["runs"] if r["m"] == m and r["k"] == k and r["method"] == "lr2vq")
+    record["sweep"].append({**estimated, "estimated": True})
+    for d in ds:
+        if d == estimated["d"]:
+            continue
+        row = one_run(model, train_dl, val_dl, example, LR2VQConfig(k=k, m=m, d=d, epochs=epochs))
+        record["sweep"].append({**row, "estimated": False})
+        record["sweep"].sort(key=lambda r: r["d"])
+        write_json_atomic(path, record)
+        print(f"{record['model']} sweep d={d}: acc {row['val_accuracy']:.4f}, ratio {row['ratio']:.1f}x", flush=True)
 
 
 def table(out: Path) -> str:
