@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,12 @@ def profile_engine(engine: Engine, inputs: dict[str, np.ndarray] | np.ndarray | 
             return lambda: engine._run(big)
         return None
 
-    _extend(report, run_batch, batch, config, onnx_path)
+    per_layer = None
+    if config.per_layer and engine.runtime == "onnxruntime" and onnx_path is not None:
+        per_layer = lambda: ort_per_layer(onnx_path, config)  # noqa: E731
+    elif config.per_layer and engine.runtime == "tvm" and hasattr(engine, "vm"):
+        per_layer = lambda: tvm_per_layer(engine, feeds, min(config.repeats, 20))  # noqa: E731
+    _extend(report, run_batch, batch, config, onnx_path, per_layer)
     return report
 
 
@@ -200,7 +206,7 @@ def _report(samples: list[float], batch: int, settings: dict, config: ProfileCon
 # ----------------------------------------------------------------------------- report extensions
 
 def _extend(report: dict, run_batch: Callable[[int], Callable[[], object] | None], batch: int,
-            config: ProfileConfig, onnx_path: Path | None) -> None:
+            config: ProfileConfig, onnx_path: Path | None, per_layer: Callable[[], dict] | None = None) -> None:
     """Add MLPerf-style figures, energy, per-layer breakdown, prediction and histogram to a measured report."""
     report["mlperf"] = _mlperf(report, run_batch, batch, config)
     if config.energy != "none":
@@ -208,10 +214,9 @@ def _extend(report: dict, run_batch: Callable[[int], Callable[[], object] | None
     if onnx_path is not None and config.predict:
         report["predicted"] = _prediction(onnx_path, config, batch, report["latency_ms"]["median_ms"])
     if config.per_layer:
-        report["per_layer"] = (ort_per_layer(onnx_path, config) if onnx_path is not None
-                               and report["runtime"] == "onnxruntime"
-                               else {"available": False, "reason": f"per-layer timing is read from onnxruntime's "
-                                                                   f"profiler; runtime is {report['runtime']}"})
+        report["per_layer"] = per_layer() if per_layer is not None else {
+            "available": False, "reason": f"per-layer timing comes from onnxruntime's profiler (ONNX file) or TVM's "
+                                          f"VM instrument; not available for runtime {report['runtime']}"}
     if config.histogram:
         report["histogram"] = str(write_histogram(report, config.histogram))
 
@@ -401,6 +406,46 @@ def ort_per_layer(onnx_path: Path | str, config: ProfileConfig, runs: int | None
     return {"source": "measured", "profiler": f"onnxruntime {ort.__version__} enable_profiling", "runs": runs,
             "nodes": len(rows), "top": rows[:top],
             "share_by_op_type": dict(sorted(by_op.items(), key=lambda kv: -kv[1]))}
+
+
+def tvm_per_layer(engine: Engine, feeds: dict[str, np.ndarray], runs: int = 20, top: int = 10) -> dict:
+    """Per-kernel wall time of a TVM engine from the Relax VM's instrument hook (``vm.set_instrument``).
+
+    The hook is called before and after every packed call (fused TIR kernels and ``vm.builtin.*``
+    helpers); the time between is that call's. The hook itself adds a few microseconds per call.
+    """
+    import tvm
+    from tvm import relax
+
+    vm = engine.vm
+    args = engine._tensors(feeds)
+    vm["main"](*args)  # untimed first run
+    totals: dict[str, list[float]] = {}
+    started: dict[str, int] = {}
+
+    def instrument(func, symbol, before_run, ret_value, *a):
+        if before_run:
+            started[symbol] = time.perf_counter_ns()
+        else:
+            totals.setdefault(symbol, []).append((time.perf_counter_ns() - started.pop(symbol)) / 1e3)
+        return relax.VMInstrumentReturnKind.NO_OP
+
+    vm.set_instrument(instrument)
+    try:
+        for _ in range(runs):
+            vm["main"](*args)
+    finally:
+        vm.set_instrument(None)
+    rows = [{"node": k, "op_type": "vm-builtin" if k.startswith("vm.builtin") else "tvm-kernel",
+             "total_us": float(sum(v)), "calls": len(v), "mean_us": float(sum(v)) / len(v)} for k, v in totals.items()]
+    total = sum(r["total_us"] for r in rows) or 1.0
+    rows.sort(key=lambda r: -r["total_us"])
+    by_kind: dict[str, float] = {}
+    for r in rows:
+        r["share"] = r["total_us"] / total
+        by_kind[r["op_type"]] = by_kind.get(r["op_type"], 0.0) + r["share"]
+    return {"source": "measured", "profiler": f"tvm {tvm.__version__} Relax VM instrument", "runs": runs,
+            "nodes": len(rows), "top": rows[:top], "share_by_op_type": by_kind}
 
 
 def write_histogram(report: dict, path: str | Path) -> Path:

@@ -127,3 +127,17 @@ def test_bad_addresses():
         RemoteTarget.parse(tracker="127.0.0.1:9190")
     with pytest.raises(BadInputError, match="either --remote"):
         RemoteTarget.parse()
+
+
+def test_tvm_per_layer_breakdown_from_the_vm_instrument(tiny_library):
+    from edgecompress.profiler import ProfileConfig, profile_engine
+    from edgecompress.runtime.backend_tvm import TvmEngine
+
+    _, build, _ = tiny_library
+    engine = TvmEngine(build.executable, build.inputs, build.outputs, threads=1)
+    report = profile_engine(engine, None, ProfileConfig(warmup=1, repeats=5, per_layer=True, predict=False))
+    layers = report["per_layer"]
+    kernels = [r for r in layers["top"] if r["op_type"] == "tvm-kernel"]
+    assert layers["runs"] == 5 and kernels and all(r["calls"] == 5 for r in kernels)
+    assert any(r["node"].startswith("fused_conv2d") for r in kernels)
+    assert abs(sum(layers["share_by_op_type"].values()) - 1) < 1e-6
