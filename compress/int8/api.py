@@ -91,7 +91,7 @@ def _fp32_onnx(model_or_path: Any, calib: CalibrationSet, workdir: Path) -> tupl
         path = Path(model_or_path)
         if not path.is_file():
             raise BadInputError(f"{path}: no such ONNX file")
-        return path, {"source": str(path)}
+        return path, {"source": str(path), "path": str(path)}
     import torch
     import torch.nn as nn
 
