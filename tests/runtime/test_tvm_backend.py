@@ -1,0 +1,144 @@
+"""TVM backend: targets, ONNX import errors, parity vs onnxruntime, cross-compiled aarch64 libraries."""
+
+import shutil
+import struct
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper
+
+from edgecompress.errors import BadInputError, CheckFailedError
+from edgecompress.export.onnx import export_onnx
+from edgecompress.runtime.backend_tvm import (
+    EM_AARCH64,
+    TvmCompileConfig,
+    build_engine,
+    compile_tvm,
+    elf_machine,
+    tuning_dir,
+)
+from edgecompress.runtime.engine import EngineOptions, load_engine
+from edgecompress.runtime.tvm_targets import is_cross, target_spec
+
+pytestmark = pytest.mark.tvm
+needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
+                                 reason="aarch64-linux-gnu-g++ not installed (`make setup` installs "
+                                        "Debian's g++-aarch64-linux-gnu)")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def small_onnx(tmp_path_factory):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5)).eval()
+    path = tmp_path_factory.mktemp("tvm") / "small.onnx"
+    export_onnx(model, torch.randn(1, 3, 16, 16), path)
+    return path
+
+
+def test_target_table_and_unknown_target():
+    rpi4, rpi5 = target_spec("rpi4"), target_spec("rpi5")
+    assert (rpi4["mtriple"], rpi4["mcpu"]) == ("aarch64-linux-gnu", "cortex-a72")
+    assert rpi5["mcpu"] == "cortex-a76" and is_cross(rpi5)
+    host = target_spec("host")
+    assert host["kind"] == "llvm" and host["mcpu"] and not is_cross(host)
+    with pytest.raises(BadInputError, match="unknown TVM target 'rpi9'"):
+        target_spec("rpi9")
+
+
+def test_elf_header_reader(tmp_path):
+    f = tmp_path / "fake.so"
+    f.write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 9 + struct.pack("<HH", 3, EM_AARCH64) + b"\x00" * 40)
+    assert elf_machine(f) == (EM_AARCH64, 3)
+    f.write_bytes(b"not an elf at all, long enough")
+    with pytest.raises(BadInputError, match="not an ELF"):
+        elf_machine(f)
+
+
+def test_tuning_database_is_keyed_by_model_and_target(tmp_path):
+    a = tuning_dir("ab" * 32, target_spec("rpi4"), 1, tmp_path)
+    assert a == tuning_dir("ab" * 32, target_spec("rpi4"), 1, tmp_path)
+    assert a != tuning_dir("ab" * 32, target_spec("rpi5"), 1, tmp_path)
+    assert a != tuning_dir("cd" * 32, target_spec("rpi4"), 1, tmp_path)
+
+
+def test_engine_matches_onnxruntime_and_times_with_time_evaluator(small_onnx):
+    engine = load_engine(small_onnx, "tvm", EngineOptions(threads=2))
+    assert engine.info["parity"]["max_rel_error"] <= 1e-4
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ort = load_engine(small_onnx, "onnxruntime", EngineOptions(threads=1))
+    np.testing.assert_allclose(engine.run(x)[0], ort.run(x)[0], rtol=1e-4, atol=1e-5)
+    samples = engine.measure({"input": x}, warmup=1, repeats=3)
+    assert len(samples) == 3 and all(s > 0 for s in samples)
+    assert engine.settings()["threads"] == 2 and engine.settings()["timer"] == "tvm time_evaluator"
+    with pytest.raises(BadInputError, match=r"shape \(2, 3, 16, 16\)"):
+        engine.run(np.zeros((2, 3, 16, 16), np.float32))  # compiled for batch 1
+
+
+def test_parity_failure_names_the_output(small_onnx):
+    with pytest.raises(CheckFailedError, match="output 'output' differs from onnxruntime"):
+        build_engine(small_onnx, TvmCompileConfig(rtol=1e-15))
+
+
+def test_unsupported_operator_is_named(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu0"), helper.make_node("Celu", ["r"], ["y"], name="celu0")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "celu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(BadInputError, match=r"node 'celu0' \(op Celu\)"):
+        compile_tvm(path)
+
+
+def test_bad_options_are_refused(small_onnx):
+    with pytest.raises(BadInputError, match="unknown TVM option"):
+        load_engine(small_onnx, "tvm", EngineOptions(extra={"trials": 3}))
+    with pytest.raises(ValueError, match="trials_per_task"):
+        TvmCompileConfig(trials_per_task=-1)
+    with pytest.raises(BadInputError, match="cannot run on this machine"):
+        load_engine(small_onnx, "tvm", EngineOptions(target="rpi4"))
+
+
+def test_qdq_int8_model_imports_and_matches_onnxruntime(small_onnx, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    qdq = tmp_path / "small_int8.onnx"
+    quantize_static(str(small_onnx), str(qdq), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    ops = {n.op_type for n in onnx.load(str(qdq)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # the reference runs Q/DQ as written; rounding may still differ by a quantization step: stated 1e-2
+    engine, build = build_engine(qdq, TvmCompileConfig(rtol=1e-2))
+    parity = build.report["parity"]
+    assert parity["max_rel_error"] <= 1e-2 and "optimisations off" in parity["reference"]
+
+
+@needs_cross
+@pytest.mark.parametrize("device", ["rpi4", "rpi5"])
+def test_cross_compiled_library_is_aarch64(small_onnx, tmp_path, device):
+    build = compile_tvm(small_onnx, TvmCompileConfig(target=device))
+    so = build.export(tmp_path / f"{device}.so")
+    assert elf_machine(so) == (EM_AARCH64, 3)
+    assert build.report["target"]["mcpu"] == target_spec(device)["mcpu"]
+
+
+def test_cross_target_cannot_be_tuned_here(small_onnx):
+    with pytest.raises(BadInputError, match="RPC"):
+        compile_tvm(small_onnx, TvmCompileConfig(target="rpi4", trials_per_task=2))
