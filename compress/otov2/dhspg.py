@@ -246,6 +246,8 @@ class DHSPG(torch.optim.Optimizer):
             for z, mask in zip(self.zigs, self.zero_masks, strict=True):
                 if mask.any():
                     z.zero_rows(mask.nonzero().flatten())
+        else:  # zero rows may grow back: count what is zero now
+            self.zero_masks = [z.row_norms() == 0 for z in self.zigs]
         self.num_steps += 1
         return loss
 

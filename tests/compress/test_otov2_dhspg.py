@@ -108,3 +108,23 @@ def test_dhspg_rejects_bad_hyperparameters():
         oto.dhspg(target_group_sparsity=1.0)
     with pytest.raises(ValueError, match="variant"):
         oto.dhspg(variant="rmsprop")
+
+
+@pytest.mark.gpu
+def test_dhspg_runs_on_cuda():
+    import torch.nn.functional as F
+
+    from edgecompress.compress.otov2.api import OTO
+    from edgecompress.nas import zoo
+
+    model = zoo.create("resnet_cifar_tiny").cuda()
+    oto = OTO(model, torch.randn(1, 3, 32, 32, device="cuda"))
+    opt = oto.dhspg(variant="adamw", lr=3e-3, target_group_sparsity=0.5, start_pruning_step=1, force_project_step=3)
+    x, y = torch.randn(8, 3, 32, 32, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert opt.group_sparsity == pytest.approx(opt.target_rows / opt.num_rows)
+    model.eval()
+    oto.construct_subnet()

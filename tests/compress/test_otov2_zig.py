@@ -239,3 +239,12 @@ def test_plain_self_attention_is_left_alone_with_a_reason():
     oto = OTO(PlainSelfAttention().eval(), torch.randn(1, 5, 16))
     qkv = [z for z in oto.groups if z.name == "qkv"]
     assert qkv and not qkv[0].prunable and qkv[0].reason
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_cifar", "vgg11_bn"])
+def test_random_zero_groups_keep_outputs_on_full_size_cifar_models(name):
+    # the whole zoo (ImageNet sizes too) is checked by bench/otov2/zoo_sanity.py
+    torch.manual_seed(0)
+    model = zoo.create(name, num_classes=10)
+    _sanity(model, torch.randn(2, *model.input_size))
