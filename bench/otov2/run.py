@@ -80,19 +80,29 @@ def main(argv=None) -> int:
         path.write_text(json.dumps(res, indent=1, default=str))
 
     models: dict[str, nn.Module] = {}
+    ckpt = out / "ckpt"
+    ckpt.mkdir(exist_ok=True)
+
+    def trained(name: str, epochs: int) -> nn.Module:
+        """A fresh model trained ``epochs`` epochs, reloaded from OUT/ckpt when an earlier run saved it."""
+        m = fresh()
+        f = ckpt / f"{tag}_{name}_e{epochs}.pt"
+        if f.is_file():
+            m.load_state_dict(torch.load(f, weights_only=True))
+        else:
+            train(m, train_dl, None, tcfg(epochs))
+            torch.save(m.state_dict(), f)
+        return m.eval()
+
     t0 = time.perf_counter()
-    dense = fresh()
-    train(dense, train_dl, None, tcfg(args.epochs))
-    dense.eval()
+    dense = trained("dense", args.epochs)
     models["dense"] = dense
     res["dense"] = {"val_accuracy": evaluate(dense, val_dl), **model_stats(dense, example),
                     "train_seconds": time.perf_counter() - t0}
     save()
     print("dense", res["dense"], flush=True)
 
-    half = fresh()
-    train(half, train_dl, None, tcfg(args.epochs // 2))
-    half.eval()
+    half = trained("dense", args.epochs // 2)
     res["torch_pruning_l2"]["pretrain_val_accuracy"] = evaluate(half, val_dl)
 
     def tp_prune(ratio: float) -> nn.Module:
@@ -102,6 +112,27 @@ def main(argv=None) -> int:
                                       pruning_ratio=ratio, ignored_layers=ignored)
         pruner.step()
         return m
+
+    engines: dict = {}
+
+    def measure_latency() -> None:
+        """ONE interleaved onnxruntime run over every candidate so far (rerun after each target; the last counts)."""
+        for name, m in models.items():
+            if name not in engines:
+                f = onnx_dir / f"{tag}_{name.replace('@', '_')}.onnx"
+                export_onnx(m, example, f)
+                engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
+        feeds = {n: e.example_feeds(batch=1) for n, e in engines.items()}
+        fns = {n: (lambda e=e, fd=feeds[n]: e.run(fd)) for n, e in engines.items()}
+        samples = interleaved(fns, warmup=10, repeats=args.repeats, rounds=args.rounds)
+        stats = {n: LatencyStats.from_samples(v).as_dict() for n, v in samples.items()}
+        d = stats["dense"]
+        res["latency"] = {"source": "measured", "runtime": "onnxruntime CPUExecutionProvider", "threads": args.threads,
+                          "batch": 1, "warmup": 10, "repeats": args.repeats, "rounds": args.rounds, "stats_ms": stats,
+                          "ratio_vs_dense_median": {n: d["median_ms"] / s["median_ms"] for n, s in stats.items()},
+                          "ratio_vs_dense_min": {n: d["min_ms"] / s["min_ms"] for n, s in stats.items()}}
+        save()
+        print("latency", json.dumps(res["latency"]["ratio_vs_dense_median"]), flush=True)
 
     for s in args.targets:
         key = f"{s:.1f}"
@@ -144,24 +175,8 @@ def main(argv=None) -> int:
                                         "finetune_seconds": time.perf_counter() - t0}
         save()
         print("tp", key, res["torch_pruning_l2"][key], flush=True)
+        measure_latency()
 
-    # ONE interleaved latency run over every candidate
-    engines = {}
-    for name, m in models.items():
-        f = onnx_dir / f"{tag}_{name.replace('@', '_')}.onnx"
-        export_onnx(m, example, f)
-        engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
-    feeds = {n: e.example_feeds(batch=1) for n, e in engines.items()}
-    fns = {n: (lambda e=e, fd=feeds[n]: e.run(fd)) for n, e in engines.items()}
-    samples = interleaved(fns, warmup=10, repeats=args.repeats, rounds=args.rounds)
-    stats = {n: LatencyStats.from_samples(v).as_dict() for n, v in samples.items()}
-    d = stats["dense"]
-    res["latency"] = {"source": "measured", "runtime": "onnxruntime CPUExecutionProvider", "threads": args.threads,
-                      "batch": 1, "warmup": 10, "repeats": args.repeats, "rounds": args.rounds, "stats_ms": stats,
-                      "ratio_vs_dense_median": {n: d["median_ms"] / s["median_ms"] for n, s in stats.items()},
-                      "ratio_vs_dense_min": {n: d["min_ms"] / s["min_ms"] for n, s in stats.items()}}
-    save()
-    print("latency", json.dumps(res["latency"]["ratio_vs_dense_median"]), flush=True)
     return 0
 
 
