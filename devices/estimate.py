@@ -17,8 +17,8 @@ Per layer ``l`` (an ONNX node, shapes from ``onnx.shape_inference`` with the bat
 - ``t_compute = 2*MACs_l / (eta_c * peak)``, ``t_memory = bytes_l / (eta * bandwidth)`` and
   ``t_l = max(t_compute, t_memory) + t_node``, where ``eta = eta_m`` when the layer's working set
   ``bytes_l`` fits in ``cache_mb`` (it is served from cache, faster than the DRAM copy bandwidth) and
-  ``eta = eta_d`` when it does not (streamed from DRAM). Layers without MACs (Slice, Mul, Pad, pooling:
-  pure data movement, each element touched once by a generic kernel) take ``eta_e`` instead.
+  ``eta = eta_d`` when it does not (streamed from DRAM). In cache, layers without MACs (Slice, Mul, Pad,
+  pooling: pure data movement, each element touched once by a generic kernel) take ``eta_e`` instead.
 
 **max, not sum.** Within a layer the cores compute while the prefetchers stream the next tiles, so a
 layer is bound by the slower of the two (the roofline model, Williams et al. 2009); layers run one
@@ -236,7 +236,7 @@ def _arrays(costs: Sequence[LayerCost], peak_gflops: float, bandwidth_gbs: float
 def _layer_times(a: dict[str, np.ndarray], eta_c: float, eta_m: float, eta_d: float, eta_e: float,
                  node_ms: float, cache_mb: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(t_compute, t_memory, t_layer) in ms, each (L,): the formula in the module docstring."""
-    eta = np.where(a["mac"], np.where(a["bytes"] <= cache_mb * 1e6, eta_m, eta_d), eta_e)  # (L,)
+    eta = np.where(a["bytes"] <= cache_mb * 1e6, np.where(a["mac"], eta_m, eta_e), eta_d)  # (L,)
     t_c = a["t_c"] / eta_c
     t_m = a["t_m"] / eta
     return t_c, t_m, np.maximum(t_c, t_m) + node_ms * a["calls"]
@@ -299,9 +299,9 @@ def fit_calibration(costs_per_model: Sequence[Sequence[LayerCost]], measured_ms:
     per_cache = []
     for cache_mb in CACHE_MB_GRID:
         best = (math.inf, None)
-        t_mem = []  # per model (L, A, D) in ms: eta_m for in-cache and data-movement layers, eta_d beyond cache
+        t_mem = []  # per model (L, A, D) in ms: eta_m in cache (eta_e tied to it here), eta_d beyond
         for a in arrays:
-            fast = (~a["mac"] | (a["bytes"] <= cache_mb * 1e6))[:, None, None]
+            fast = (a["bytes"] <= cache_mb * 1e6)[:, None, None]
             t_mem.append(np.where(fast, a["t_m"][:, None, None] / etas[None, :, None],
                                   a["t_m"][:, None, None] / etas[None, None, :]))
         for eta_c in etas:
