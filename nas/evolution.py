@@ -185,13 +185,13 @@ def search_subnets(supernet, predictor: LatencyPredictor, limit_ms: float, train
         # 1. reachability, on the measured fastest subnet
         fastest = space.min_subnet()
         model = subnet_model(supernet, fastest, calib, bn_batches=config.bn_batches)
-        export_subnet(model, work / "fastest.onnx", space.input_size)
+        export_subnet(model, work / "fastest.onnx", space.input_size, calib[0][0])
         fastest_ms = measure_onnx(work / "fastest.onnx", config.settings)
         if fastest_ms > limit_ms:
             raise BadInputError(
                 f"latency limit {limit_ms:g} ms is unreachable in space {space.format()}: the fastest subnet "
                 f"({fastest.format()}) measures {fastest_ms:.3f} ms (onnxruntime INT8, host, "
-                f"{config.settings.threads} thread(s), min of {config.settings.repeats})")
+                f"{config.settings.threads} thread(s), median of {config.settings.rounds} round minima)")
 
         # 2. evolution on predicted latency and fake-quantized accuracy
         evaluated: dict[Subnet, dict] = {}
@@ -244,7 +244,7 @@ def search_subnets(supernet, predictor: LatencyPredictor, limit_ms: float, train
         for i, s in enumerate(to_measure):
             path = work / f"candidate_{i}.onnx"
             model = subnet_model(supernet, s, calib, bn_batches=config.bn_batches)
-            export_subnet(model, path, space.input_size)
+            export_subnet(model, path, space.input_size, calib[0][0])
             row = evaluated[s]
             row["fake_quant_accuracy"] = evaluate(model, val_loader)  # the very model exported
             row["measured_ms"] = measure_onnx(path, config.settings)
@@ -277,9 +277,8 @@ def search_subnets(supernet, predictor: LatencyPredictor, limit_ms: float, train
         return {
             "limit_ms": limit_ms, "space": space.format(),
             "fastest": {"subnet": fastest.format(), "measured_ms": fastest_ms},
-            "latency_source": "measured: onnxruntime CPU on the host, INT8 Q/DQ, batch 1, "
-                              f"{config.settings.threads} thread(s), min of {config.settings.repeats} after "
-                              f"{config.settings.warmup} warmup; predicted_ms from the kernel predictor",
+            "latency_source": "measured_ms: onnxruntime CPU on the host, INT8 Q/DQ, batch 1; predicted_ms: the "
+                              "latency predictor", "measure_settings": config.settings.as_dict(),
             "accuracy_source": "fake_quant_accuracy: torch LSQ+ fake-quant on the validation split; "
                                "onnx_int8_accuracy: the exported Q/DQ model in onnxruntime",
             "candidates": candidates, "pareto": pareto, "best": best_i,

@@ -5,14 +5,19 @@ latency as the sum of its *kernels'* latencies, a kernel being the fused op grou
 as one unit, with one regressor per kernel type trained on measured kernels chosen by adaptive
 sampling. Here, for onnxruntime on the host (the only device measurable from this machine):
 
-* kernels (``kernels_of``): ``conv`` (dense conv + folded BN + optional ReLU/ReLU6), ``dwconv``
-  (depthwise), ``gconv`` (E2GC group conv), ``tvconv`` (TVConv per-pixel depthwise + BN + ReLU6),
-  ``add`` (residual add, optional ReLU) and ``head`` (global average pool + linear); features
-  ``(H_in, C_in, C_out, k, stride, groups, act)`` plus MACs and bytes moved;
-* each kernel is measured (``measure_kernel``) as its own one-kernel ONNX model in onnxruntime, in
-  the target precision (INT8: the kernel exported with the same LSQ+ Q/DQ wrapping as a deployed
-  subnet, input and output quantized), latency = the **minimum** over ``repeats`` runs (the CPU
-  here is shared; the minimum is the stable statistic);
+* kernels (``kernels_of``) are the fusion units onnxruntime runs for a Q/DQ INT8 model: the stem,
+  **one unit per block** (``irb``, ``e2gc``, ``tvconv``, ``resnet``, ``fused``) and the head (pool +
+  linear). Inside a block, the quantized convs hand each other INT8 tensors in onnxruntime's NHWC
+  layout (QLinearConv chains, layout transposes only at the block's ends), so splitting a block into
+  conv-bn-relu kernels measured alone mis-states it (measured here: 4 of 57 subnets within 10% that
+  way); a block's output is the float tensor the next block quantizes, so blocks compose. This is
+  nn-Meter's rule (ops are one kernel when running them together saves time) applied to this
+  runtime, and the block-level INT8 predictor SpaceEvo used. Features: (H_in, C_in, C_out, k,
+  stride, e, first-of-stage) plus log MACs, log activations and the hidden width;
+* each unit is measured (``measure_kernel``) as its own one-unit ONNX model in onnxruntime, in
+  the target precision (INT8: exported with the same LSQ+ Q/DQ wrapping, BN folding and freezing as
+  a deployed subnet); latency = the median over rounds of the per-round minimum
+  (``MeasureSettings``: the CPU here is shared, and a plain minimum still moved by 20-40%);
 * one ``RandomForestRegressor`` per kernel type over log-latency; adaptive sampling: kernels of a
   held-out set predicted off by more than ``tolerance`` (10%) are measured, with ``neighbours``
   perturbed configurations each (channels +-8, as nn-Meter's fine-grained sampling), and added;
@@ -43,98 +48,86 @@ from edgecompress.fileio import write_json_atomic
 from edgecompress.nas.e2gc import conv_output_size
 from edgecompress.nas.space import E2GC_GROUP_SIZE, Space, Subnet, materialize, resnet_mid
 
-KINDS = ("conv", "dwconv", "gconv", "tvconv", "add", "head")
+KINDS = ("stem", "irb", "e2gc", "tvconv", "resnet", "fused", "head")
 MEASURABLE_DEVICES = ("host",)
 
 
 @dataclass(frozen=True)
 class Kernel:
-    """One fused op group: kind and geometry (``h`` is the input's spatial size)."""
+    """One fused unit: ``stem``, a block of a type in ``BLOCKS``, or ``head``; ``h`` is the input size.
+
+    ``e`` is the expansion, ``first`` whether the block opens its stage (the forced projection of
+    ``resnet``). For ``head``, ``cout`` is the number of classes.
+    """
 
     kind: str
     h: int
     cin: int
     cout: int
-    k: int = 1
+    k: int = 3
     stride: int = 1
-    groups: int = 1
-    act: int = 1
+    e: float = 1.0
+    first: int = 0
 
     def features(self) -> list[float]:
-        """(H, C_in, C_out, k, s, g, act, log MACs, log bytes in, log bytes out, log weights)."""
-        h_out = conv_output_size(self.h, self.k, self.stride)
-        macs = h_out * h_out * self.k * self.k * self.cout * self.cin / max(self.groups, 1)
-        w = self.k * self.k * self.cout * self.cin / max(self.groups, 1)
-        return [self.h, self.cin, self.cout, self.k, self.stride, self.groups, self.act, math.log1p(macs),
-                math.log1p(self.h * self.h * self.cin), math.log1p(h_out * h_out * self.cout), math.log1p(w)]
+        """(H, C_in, C_out, k, s, e, first, log MACs, log activation elements, hidden width)."""
+        macs, acts, hidden = _cost(self)
+        return [self.h, self.cin, self.cout, self.k, self.stride, self.e, self.first, math.log1p(macs),
+                math.log1p(acts), hidden]
 
     def as_list(self) -> list:
-        return [self.kind, self.h, self.cin, self.cout, self.k, self.stride, self.groups, self.act]
+        return [self.kind, self.h, self.cin, self.cout, self.k, self.stride, self.e, self.first]
 
 
-def _conv_kind(groups: int, cin: int) -> str:
-    return "conv" if groups == 1 else ("dwconv" if groups == cin else "gconv")
-
-
-def _ir_kernels(kind: str, h: int, inp: int, w: int, s: int, k: int, e: float) -> list[Kernel]:
-    hid = int(round(inp * e))
-    h2 = conv_output_size(h, 3 if kind != "irb" else k, s)
-    out = [Kernel("conv", h, inp, hid, 1, 1, 1, 1)]
-    if kind == "irb":
-        out.append(Kernel("dwconv", h, hid, hid, k, s, hid, 1))
-    elif kind == "e2gc":
-        g = hid // min(E2GC_GROUP_SIZE, hid)
-        out.append(Kernel("gconv", h, hid, hid, 3, s, g, 1))
-    else:
-        out.append(Kernel("tvconv", h, hid, hid, 3, s, hid, 1))
-    out.append(Kernel("conv", h2, hid, w, 1, 1, 1, 0))
-    if s == 1 and inp == w:
-        out.append(Kernel("add", h2, w, w, 1, 1, 1, 0))
-    return out
-
-
-def block_kernels(block: str, h: int, inp: int, w: int, s: int, k: int, e: float, first: bool) -> list[Kernel]:
-    """Kernels of one block at input size ``h`` (layout as ``nas/space.py`` builds it)."""
-    if block in ("irb", "e2gc", "tvconv"):
-        return _ir_kernels(block, h, inp, w, s, k, e)
+def _conv_cost(h: int, cin: int, cout: int, k: int, s: int, groups: int) -> tuple[float, float, int]:
     h2 = conv_output_size(h, k, s)
-    if block == "resnet":
-        mid = resnet_mid(w, e)
-        out = [Kernel("conv", h, inp, mid, k, s, 1, 1), Kernel("conv", h2, mid, w, k, 1, 1, 0)]
-        if first or s != 1 or inp != w:
-            out.append(Kernel("conv", h, inp, w, 1, s, 1, 0))
-        return [*out, Kernel("add", h2, w, w, 1, 1, 1, 1)]
-    if block == "fused":
-        hid = int(round(inp * e))
-        out = [Kernel("conv", h, inp, hid, k, s, 1, 1), Kernel("conv", h2, hid, w, 1, 1, 1, 0)]
-        return out + ([Kernel("add", h2, w, w, 1, 1, 1, 0)] if s == 1 and inp == w else [])
-    raise BadInputError(f"no latency kernels for block type {block!r}")
+    return h2 * h2 * k * k * cout * cin / groups, h2 * h2 * cout, h2
+
+
+def _cost(kd: Kernel) -> tuple[float, float, int]:
+    """(MACs, activation elements written, hidden width) of a unit, as ``nas/space.py`` builds it."""
+    if kd.kind == "head":
+        return kd.cin * kd.cout + kd.h * kd.h * kd.cin, kd.cout, kd.cin
+    if kd.kind == "stem":
+        m, a, _ = _conv_cost(kd.h, 3, kd.cout, 3, kd.stride, 1)
+        return m, a, kd.cout
+    convs: list[tuple[float, float, int]] = []
+    if kd.kind in ("irb", "e2gc", "tvconv"):
+        hid = int(round(kd.cin * kd.e))
+        k = kd.k if kd.kind == "irb" else 3
+        groups = hid if kd.kind != "e2gc" else hid // min(E2GC_GROUP_SIZE, hid)
+        convs.append(_conv_cost(kd.h, kd.cin, hid, 1, 1, 1))
+        convs.append(_conv_cost(kd.h, hid, hid, k, kd.stride, groups))
+        convs.append(_conv_cost(convs[-1][2], hid, kd.cout, 1, 1, 1))
+    elif kd.kind == "resnet":
+        hid = resnet_mid(kd.cout, kd.e)
+        convs.append(_conv_cost(kd.h, kd.cin, hid, kd.k, kd.stride, 1))
+        convs.append(_conv_cost(convs[-1][2], hid, kd.cout, kd.k, 1, 1))
+        if kd.first or kd.stride != 1 or kd.cin != kd.cout:
+            convs.append(_conv_cost(kd.h, kd.cin, kd.cout, 1, kd.stride, 1))
+    elif kd.kind == "fused":
+        hid = int(round(kd.cin * kd.e))
+        convs.append(_conv_cost(kd.h, kd.cin, hid, kd.k, kd.stride, 1))
+        convs.append(_conv_cost(convs[-1][2], hid, kd.cout, 1, 1, 1))
+    else:
+        raise BadInputError(f"unknown kernel kind {kd.kind!r} (known: {', '.join(KINDS)})")
+    return sum(c[0] for c in convs), sum(c[1] for c in convs), hid
 
 
 def kernels_of(space: Space, subnet: Subnet, num_classes: int = 10) -> list[Kernel]:
-    """The kernels a subnet runs, in order: stem, blocks, head."""
+    """The fused units a subnet runs, in order: stem, one per block, head."""
     h, c = space.input_size, space.stem_channels
-    out = [Kernel("conv", h, 3, c, 3, space.stem_stride, 1, 1)]
+    out = [Kernel("stem", h, 3, c, 3, space.stem_stride)]
     h = conv_output_size(h, 3, space.stem_stride)
     for st, choice in zip(space.stages, subnet.stages, strict=True):
         for j, (k, e) in enumerate(choice.blocks):
             s = st.stride if j == 0 else 1
-            out += block_kernels(st.block, h, c, choice.width, s, k, e, j == 0)
+            out.append(Kernel(st.block, h, c, choice.width, k, s, float(e), int(j == 0)))
             h, c = conv_output_size(h, 3, s), choice.width
-    return [*out, Kernel("head", h, c, num_classes, 1, 1, 1, 0)]
+    return [*out, Kernel("head", h, c, num_classes, 1, 1)]
 
 
 # ------------------------------------------------------------------------------------ measurement
-class _Add(nn.Module):
-    def __init__(self, act: bool) -> None:
-        super().__init__()
-        self.act = act
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x + x.flip(1)  # two operands of the same shape, as a residual add
-        return torch.relu(y) if self.act else y
-
-
 class _Head(nn.Module):
     def __init__(self, linear: nn.Module) -> None:
         super().__init__()
@@ -144,59 +137,71 @@ class _Head(nn.Module):
         return self.linear(x.mean((2, 3)))
 
 
-def kernel_module(kernel: Kernel, precision: str) -> nn.Module:
-    """A one-kernel torch module, INT8-wrapped (Q/DQ in and out) when ``precision == "int8"``."""
-    from edgecompress.nas.lsq import ActQuant, QConv2d, QLinear, WeightQuant
-    from edgecompress.nas.tvconv import TVConv
+def kernel_module(kernel: Kernel) -> nn.Module:
+    """The plain torch module of one unit (quantize it with ``wrap_quantized``)."""
+    from edgecompress.nas.blocks import ConvBNAct
+    from edgecompress.nas.space import BLOCKS
 
     kd = kernel
-    act: nn.Module = nn.ReLU6() if kd.act else nn.Identity()
-    if kd.kind in ("conv", "dwconv", "gconv"):
-        conv = nn.Conv2d(kd.cin, kd.cout, kd.k, kd.stride, kd.k // 2, groups=kd.groups, bias=True)
-        if precision == "int8":
-            wq = WeightQuant(kd.cout)
-            wq.init_from(conv.weight)
-            return nn.Sequential(QConv2d(conv, ActQuant(), wq), act, ActQuant())
-        return nn.Sequential(conv, act)
-    if kd.kind == "tvconv":
-        h_out = conv_output_size(kd.h, 3, kd.stride)
-        tv = TVConv(kd.cin, (h_out, h_out), kd.stride)
-        tv.fuse_for_inference()
-        return nn.Sequential(tv, nn.BatchNorm2d(kd.cin), nn.ReLU6())
-    if kd.kind == "add":
-        return _Add(bool(kd.act))
+    if kd.kind == "stem":
+        return ConvBNAct(3, kd.cout, 3, kd.stride)
     if kd.kind == "head":
-        lin = nn.Linear(kd.cin, kd.cout)
-        if precision == "int8":
-            wq = WeightQuant(kd.cout)
-            wq.init_from(lin.weight)
-            return _Head(QLinear(lin, ActQuant(), wq))
-        return _Head(lin)
-    raise BadInputError(f"unknown kernel kind {kd.kind!r} (known: {', '.join(KINDS)})")
+        return _Head(nn.Linear(kd.cin, kd.cout))
+    if kd.kind not in KINDS:
+        raise BadInputError(f"unknown kernel kind {kd.kind!r} (known: {', '.join(KINDS)})")
+    h_out = conv_output_size(kd.h, 3, kd.stride)
+    return BLOCKS.get(kd.kind).build(kd.cin, kd.cout, kd.stride, kd.k, kd.e, (h_out, h_out), bool(kd.first))
+
+
+def wrap_quantized(model: nn.Module) -> nn.Module:
+    """Replace every quantizable conv/linear by its LSQ+ fake-quant wrapper (min-max init on first use), in place."""
+    from edgecompress.nas.lsq import ActQuant, QConv2d, QLinear, WeightQuant
+    from edgecompress.nas.supernet import quantizable
+
+    for name, m in quantizable(model):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        wq = WeightQuant(m.weight.shape[0])
+        wq.init_from(m.weight)
+        setattr(parent, child, (QConv2d if isinstance(m, nn.Conv2d) else QLinear)(m, ActQuant(), wq))
+    return model
 
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How kernels and models are timed: onnxruntime threads, warmup, repeats (latency = min)."""
+    """How units and models are timed: onnxruntime threads, warmup, ``rounds`` x ``repeats`` runs.
+
+    Latency = the median over rounds of the minimum within a round: on a shared CPU the minimum
+    drops preempted runs and the median drops rounds that ran while a neighbour held the core.
+    """
 
     threads: int = 1
-    warmup: int = 5
-    repeats: int = 30
+    warmup: int = 10
+    repeats: int = 40
+    rounds: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("threads", "repeats"):
+        for name in ("threads", "repeats", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.warmup < 0:
             raise ValueError(f"warmup={self.warmup}: must be >= 0")
 
+    def as_dict(self) -> dict:
+        return {"threads": self.threads, "warmup": self.warmup, "repeats": self.repeats, "rounds": self.rounds,
+                "statistic": "median over rounds of the min over repeats", "batch": 1}
+
 
 def measure_onnx(path: str | Path, settings: MeasureSettings) -> float:
-    """Minimum latency in ms over ``settings.repeats`` runs of ``path`` in onnxruntime (CPU), batch 1."""
+    """Latency in ms of ``path`` in onnxruntime (CPU), batch 1: median over rounds of the per-round minimum."""
+    from edgecompress.devices.timing import measure
     from edgecompress.runtime.engine import EngineOptions, load_engine
 
     engine = load_engine(path, "onnxruntime", EngineOptions(threads=settings.threads))
-    return float(min(engine.measure(engine.example_feeds(1), settings.warmup, settings.repeats)))
+    feeds = engine.check_feeds(engine.example_feeds(1))
+    measure(lambda: engine.run(feeds), warmup=settings.warmup, repeats=1)
+    mins = [min(measure(lambda: engine.run(feeds), warmup=0, repeats=settings.repeats)) for _ in range(settings.rounds)]
+    return float(np.median(mins))
 
 
 def _export_quick(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -210,45 +215,36 @@ def _export_quick(model: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 @torch.no_grad()
-def measure_kernel(kernel: Kernel, precision: str, settings: MeasureSettings, workdir: str | Path) -> float:
-    """Measured latency (ms, min over repeats) of one kernel on the host in onnxruntime."""
-    from edgecompress.nas.lsq import freeze_for_export
+def _deploy_and_measure(model: nn.Module, x: torch.Tensor, precision: str, settings: MeasureSettings,
+                        path: Path) -> float:
+    """Calibrate (BN, quantizers) on ``x``, fold and freeze as ``export_subnet`` does, export, time."""
+    from edgecompress.nas.lsq import fold_all_bn, freeze_for_export
+    from edgecompress.nas.supernet import calibrate_bn
 
-    torch.manual_seed(0)
-    model = kernel_module(kernel, precision)
-    x = torch.randn(8, kernel.cin, kernel.h, kernel.h)
-    model.train()(x)  # initialise quantizers (min-max) and BN statistics on data of the right shape
-    model.eval()
-    freeze_for_export(model)
-    path = Path(workdir) / "kernel.onnx"
-    _export_quick(model, x[:1], path)
-    return measure_onnx(path, settings)
-
-
-@torch.no_grad()
-def measure_subnet(space: Space, subnet: Subnet, precision: str, settings: MeasureSettings,
-                   workdir: str | Path, num_classes: int = 10) -> float:
-    """Measured latency (ms, min) of a randomly initialised subnet deployed as it would be (INT8: Q/DQ)."""
-    from edgecompress.nas.lsq import ActQuant, QConv2d, QLinear, WeightQuant, fold_all_bn, freeze_for_export
-    from edgecompress.nas.supernet import calibrate_bn, quantizable
-
-    torch.manual_seed(0)
-    model = materialize(space, subnet, num_classes)
-    x = torch.randn(8, 3, space.input_size, space.input_size)
     if precision == "int8":
-        for name, m in quantizable(model):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            wq = WeightQuant(m.weight.shape[0])
-            wq.init_from(m.weight)
-            setattr(parent, child, (QConv2d if isinstance(m, nn.Conv2d) else QLinear)(m, ActQuant(), wq))
+        wrap_quantized(model)
     calibrate_bn(model, [(x, None)], 1)
     if precision == "int8":
         fold_all_bn(model)
         freeze_for_export(model)
-    path = Path(workdir) / "subnet.onnx"
     _export_quick(model, x[:1], path)
     return measure_onnx(path, settings)
+
+
+def measure_kernel(kernel: Kernel, precision: str, settings: MeasureSettings, workdir: str | Path) -> float:
+    """Measured latency (ms, min over repeats) of one unit alone, deployed as in a subnet, on the host."""
+    torch.manual_seed(0)
+    x = torch.randn(8, kernel.cin, kernel.h, kernel.h)
+    return _deploy_and_measure(kernel_module(kernel), x, precision, settings, Path(workdir) / "kernel.onnx")
+
+
+def measure_subnet(space: Space, subnet: Subnet, precision: str, settings: MeasureSettings,
+                   workdir: str | Path, num_classes: int = 10) -> float:
+    """Measured latency (ms, min) of a randomly initialised subnet deployed as it would be (INT8: Q/DQ)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, space.input_size, space.input_size)
+    return _deploy_and_measure(materialize(space, subnet, num_classes), x, precision, settings,
+                               Path(workdir) / "subnet.onnx")
 
 
 # ------------------------------------------------------------------------------------------ model
@@ -317,8 +313,7 @@ class LatencyPredictor:
     def to_dict(self) -> dict:
         return {"format": "edgecompress.latency_predictor/1", "device": self.device, "runtime": self.runtime,
                 "precision": self.precision, "source": "measured kernels, random forest per kernel type",
-                "settings": {"threads": self.settings.threads, "warmup": self.settings.warmup,
-                             "repeats": self.settings.repeats, "statistic": "min"},
+                "settings": self.settings.as_dict(),
                 "overhead": list(self.overhead), "log": self.log or [],
                 "samples": {kind: [[*k.as_list(), t] for k, t in rows] for kind, rows in self.samples.items()}}
 
@@ -330,9 +325,10 @@ class LatencyPredictor:
         if d.get("format") != "edgecompress.latency_predictor/1":
             raise BadInputError(f"not a latency predictor file (format {d.get('format')!r})")
         s = d["settings"]
-        samples = {kind: [(Kernel(r[0], *map(int, r[1:8])), float(r[8])) for r in rows]
+        samples = {kind: [(Kernel(r[0], *map(int, r[1:6]), float(r[6]), int(r[7])), float(r[8])) for r in rows]
                    for kind, rows in d["samples"].items()}
-        return cls(d["device"], d["runtime"], d["precision"], MeasureSettings(s["threads"], s["warmup"], s["repeats"]),
+        settings = MeasureSettings(s["threads"], s["warmup"], s["repeats"], s.get("rounds", 1))
+        return cls(d["device"], d["runtime"], d["precision"], settings,
                    samples, tuple(d["overhead"]), d.get("log"))
 
     @classmethod
@@ -380,19 +376,12 @@ class PredictorConfig:
 
 
 def _neighbours(k: Kernel, rng: random.Random, n: int) -> list[Kernel]:
-    """Fine-grained neighbours: channels moved by multiples of 8 (groups kept consistent)."""
+    """Fine-grained neighbours of a unit: input and output channels moved by multiples of 8."""
     out = []
     for _ in range(n):
-        cin = max(8, k.cin + 8 * rng.choice((-2, -1, 1, 2)))
-        if k.kind == "dwconv" or k.kind == "tvconv":
-            out.append(Kernel(k.kind, k.h, cin, cin, k.k, k.stride, cin, k.act))
-        elif k.kind == "gconv":
-            out.append(Kernel(k.kind, k.h, cin, cin, k.k, k.stride, cin // E2GC_GROUP_SIZE, k.act))
-        elif k.kind == "add":
-            out.append(Kernel(k.kind, k.h, cin, cin, 1, 1, 1, k.act))
-        else:
-            cout = k.cout if k.kind == "head" else max(8, k.cout + 8 * rng.choice((-1, 0, 1)))
-            out.append(Kernel(k.kind, k.h, cin, cout, k.k, k.stride, 1, k.act))
+        cin = k.cin if k.kind == "stem" else max(8, k.cin + 8 * rng.choice((-2, -1, 0, 1, 2)))
+        cout = k.cout if k.kind == "head" else max(8, k.cout + 8 * rng.choice((-2, -1, 0, 1, 2)))
+        out.append(Kernel(k.kind, k.h, cin, cout, k.k, k.stride, k.e, k.first))
     return out
 
 

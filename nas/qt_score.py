@@ -31,24 +31,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgecompress.nas.predictor import LatencyPredictor, kernels_of
+from edgecompress.nas.predictor import LatencyPredictor, _cost, kernels_of
 from edgecompress.nas.space import Space, Subnet
 
 LossFn = Callable[[Space, Subnet], float]
 
 
 def subnet_macs(space: Space, subnet: Subnet) -> float:
-    """Multiply-accumulates of one inference (convs and the linear head; adds and pooling left out)."""
-    total = 0.0
-    for k in kernels_of(space, subnet):
-        if k.kind in ("add",):
-            continue
-        if k.kind == "head":
-            total += k.cin * k.cout
-            continue
-        h_out = (k.h + 2 * (k.k // 2) - k.k) // k.stride + 1
-        total += h_out * h_out * k.k * k.k * k.cout * k.cin / k.groups
-    return total
+    """Multiply-accumulates of one inference (convs, pooling and the linear head; adds left out)."""
+    return float(sum(_cost(k)[0] for k in kernels_of(space, subnet)))
 
 
 def capacity_loss(space: Space, subnet: Subnet) -> float:
