@@ -74,9 +74,12 @@ def one_run(model, train_dl, val_dl, example, config: LR2VQConfig) -> dict:
                             if ln["reason"] or ln["note"]]}
 
 
-def bench(name: str, out: Path) -> dict:
-    spec = MODELS[name]
-    epochs = 1 if name == "tiny" else EPOCHS
+def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int, int]] | None = None,
+          tag: str = "") -> dict:
+    spec = dict(MODELS[name])
+    if grid is not None:
+        spec["grid"], spec["sweep"] = grid, None
+    epochs = epochs if epochs is not None else (1 if name == "tiny" else EPOCHS)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     train_dl, val_dl = digits_loaders(batch_size=64, size=SIZE, seed=0)
@@ -100,7 +103,7 @@ def bench(name: str, out: Path) -> dict:
               "machine": {"cpu": cpu_model(), "torch_threads": 1, "python": platform.python_version(),
                           "torch": torch.__version__, "note": "shared 2-core VM, contended by other jobs"},
               "command": " ".join([Path(sys.executable).name, *sys.argv])}
-    path = out / f"{name}.json"
+    path = out / f"{name}{'_' + tag if tag else ''}.json"
     write_json_atomic(path, record)
     print(f"{name}: FP32 val accuracy {record['fp32']['val_accuracy']:.4f}", flush=True)
     for i, (m, k) in enumerate(spec["grid"]):
@@ -142,9 +145,10 @@ def table(out: Path) -> str:
     for path in sorted(out.glob("*.json")):
         rec = json.loads(path.read_text())
         fp = rec["fp32"]
-        lines += [f"## {rec['model']} {rec['options'] or ''} ({rec['input']})", "",
+        lines += [f"## {rec['model']} {rec['options'] or ''} ({rec['input']}), {rec['vq_epochs']} VQ epochs "
+                  f"[{path.name}]", "",
                   f"FP32: val accuracy {fp['val_accuracy']:.2%}, {fp['bytes']} bytes of float tensors, "
-                  f"{fp['epochs']} epochs. VQ: {rec['vq_epochs']} epochs per run (1 low-rank, 2 soft, 1 hard). "
+                  f"{fp['epochs']} epochs. VQ: {rec['vq_epochs']} epochs per run (1/4 low-rank, 1/2 soft, 1/4 hard). "
                   f"Machine: {rec['machine']['cpu']}, torch threads 1, {rec['machine']['note']}.", "",
                   "| method | m | k | d | ratio (bits) | ckpt bytes | ckpt ratio | compact ONNX bytes "
                   "| dense ONNX bytes | val acc | Δ vs FP32 (pt) | compact ONNX acc (ORT) | s |",
@@ -193,6 +197,9 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(MODELS))
     parser.add_argument("--out", default="bench/lr2vq/results")
     parser.add_argument("--table", metavar="DIR", help="only write DIR/results.md from the JSON files")
+    parser.add_argument("--epochs", type=int, help=f"VQ epochs per run (default {EPOCHS})")
+    parser.add_argument("--grid", help="m:k pairs, comma-separated, replacing the model's grid (no d sweep)")
+    parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     args = parser.parse_args()
     if args.table:
         print(table(Path(args.table)))
@@ -201,7 +208,8 @@ def main() -> None:
         parser.error("--model or --table is required")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    bench(args.model, out)
+    grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")] if args.grid else None
+    bench(args.model, out, args.epochs, grid, args.tag)
     table(out)
 
 

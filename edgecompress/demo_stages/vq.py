@@ -1,6 +1,6 @@
 """Demo stage ``vq`` (order 30): a short LR²VQ of the trained demo model; reports ratio, file bytes, accuracy.
 
-Kept short on 2 cores: the fine-tuning sees a 256-image subset of the training set for 4 epochs
+Kept short on 2 cores: the fine-tuning sees a subset of the training set (128 images) for 4 epochs
 (under ``--quick``: no fine-tuning, k-means only), and ``d`` is estimated among 2, 4, 8. The stage
 quantises a copy; later stages use the dense model.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgecompress.demo import DemoContext, demo_stage
 
-SUBSET = 256
+SUBSET = 128
 
 
 def _summarise(ctx: DemoContext, report: dict) -> None:
