@@ -225,7 +225,6 @@ def _unsupported_nodes(model, message: str) -> str:
 def compile_tvm(onnx_path: str | Path, config: TvmCompileConfig = TvmCompileConfig()) -> TvmBuild:
     """Import, schedule (MetaSchedule database + DLight) and compile an ONNX model for ``config.target``."""
     tvm = _import_tvm()
-    from tvm import relax
 
     path = Path(onnx_path)
     if not path.is_file():
@@ -235,13 +234,10 @@ def compile_tvm(onnx_path: str | Path, config: TvmCompileConfig = TvmCompileConf
     t0 = time.perf_counter()
     mod, _, inputs, outputs = import_onnx(path, config.batch)
     t_import = time.perf_counter() - t0
-    with target:
-        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
-                                        relax.transform.CanonicalizeBindings(),
-                                        relax.get_pipeline("zero")])(mod)
+    mod = _lower(mod, target)
     sha = model_hash(path)
     work_dir = tuning_dir(sha, spec, config.batch, config.cache_dir)
-    tuning = _tune(mod, target, spec, work_dir, config.trials_per_task)
+    tuning = _tune(path, config.batch, spec, work_dir, config.trials_per_task)
     mod, schedules = _apply_schedules(mod, target, work_dir)
     t1 = time.perf_counter()
     executable = tvm.compile(mod, target=target)
@@ -251,9 +247,17 @@ def compile_tvm(onnx_path: str | Path, config: TvmCompileConfig = TvmCompileConf
     return TvmBuild(executable, spec, config.target, inputs, outputs, report)
 
 
-def _tune(mod, target, spec: Mapping[str, Any], work_dir: Path, trials_per_task: int) -> dict[str, Any]:
-    """Run MetaSchedule unless the cached database already holds at least this budget."""
-    from tvm.s_tir import meta_schedule as ms
+def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, trials_per_task: int
+          ) -> dict[str, Any]:
+    """Run MetaSchedule unless the cached database already holds at least this budget.
+
+    The search runs in a child process: a crash inside TVM's tuner (TVM 0.27's ``TuneContextInitialize``
+    segfaulted on this project's machines) becomes an error naming its exit status, not the caller's end.
+    """
+    import subprocess
+    import sys
+
+    from edgecompress.errors import EdgeCompressError
 
     meta_path = work_dir / "edgecompress.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -261,23 +265,64 @@ def _tune(mod, target, spec: Mapping[str, Any], work_dir: Path, trials_per_task:
     info = {"database": str(work_dir), "trials_per_task_requested": trials_per_task,
             "trials_per_task_cached": done, "searched": False}
     if trials_per_task <= done:
-        return info
+        return {**info, **{k: meta[k] for k in ("tasks", "seconds", "cost_model") if k in meta}}
     if is_cross(spec):
         raise BadInputError(f"target {spec}: MetaSchedule must measure on the device itself; tuning a cross "
                             "target needs the board over TVM RPC, which this backend does not drive. Use "
                             "--tune-trials 0 (records tuned elsewhere in the cache are still applied)")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # the child blocks torch: tvm_ffi imports it eagerly when installed, and MetaSchedule's first use
+    # (tvm.s_tir.tensor_intrin, which calls inspect.stack() per intrinsic) slows down with every loaded module
+    code = ("import sys, json; sys.modules['torch'] = None\n"
+            "from pathlib import Path\n"
+            "from edgecompress.runtime.backend_tvm import _search\n"
+            f"_search(Path({str(onnx_path)!r}), json.loads({json.dumps(dict(spec))!r}), {batch}, {trials_per_task}, "
+            f"Path({str(work_dir)!r}))\n")
+    cmd = [sys.executable, "-c", code]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not meta_path.is_file():
+        tail = " | ".join([ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-3:])
+        raise EdgeCompressError(f"MetaSchedule tuning of {onnx_path} for {spec} failed in its child process "
+                                f"(exit status {proc.returncode}): {tail}")
+    meta = json.loads(meta_path.read_text())
+    info.update(searched=True, trials_per_task_cached=trials_per_task,
+                **{k: meta[k] for k in ("tasks", "seconds", "cost_model")})
+    return info
+
+
+def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_task: int, work_dir: Path) -> None:
+    """The child process of ``_tune``: MetaSchedule over every fused operator, records into ``work_dir``."""
+    import importlib.util
+
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    target = tvm.target.Target(dict(spec))
+    mod = _lower(import_onnx(onnx_path, batch)[0], target)
     t0 = time.perf_counter()
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    # the default cost model is XGBoost; without the xgboost package MetaSchedule's random model is used
+    cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
     ms.relax_integration.tune_relax(mod, {}, target, str(work_dir),
                                     max_trials_global=trials_per_task * len(tasks),
                                     max_trials_per_task=trials_per_task,
-                                    num_trials_per_iter=min(64, max(trials_per_task, 2)), seed=0)
-    seconds = round(time.perf_counter() - t0, 1)
-    write_json_atomic(meta_path, {"trials_per_task": trials_per_task, "tasks": len(tasks), "target": dict(spec),
-                                  "seconds": seconds, "tvm_version": __import__("tvm").__version__})
-    info.update(searched=True, tasks=len(tasks), seconds=seconds, trials_per_task_cached=trials_per_task)
-    return info
+                                    num_trials_per_iter=min(64, max(trials_per_task, 2)), cost_model=cost_model,
+                                    seed=0)
+    write_json_atomic(work_dir / "edgecompress.json",
+                      {"trials_per_task": trials_per_task, "tasks": len(tasks), "target": dict(spec),
+                       "cost_model": cost_model, "seconds": round(time.perf_counter() - t0, 1),
+                       "tvm_version": tvm.__version__})
+
+
+def _lower(mod, target):
+    """Inference decompositions, then Relax's ``zero`` pipeline (legalize, fold constants, fuse)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                         relax.transform.CanonicalizeBindings(),
+                                         relax.get_pipeline("zero")])(mod)
 
 
 def _apply_schedules(mod, target, work_dir: Path):
@@ -472,3 +517,4 @@ def _register_bundle_format() -> None:
 
 
 _register_bundle_format()
+
