@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5, help="runs per model per round")
     ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--passes", type=int, default=4, help="independent interleaved passes; min over all")
     ap.add_argument("--save", action="store_true", help="store the all-model calibration for the host")
     args = ap.parse_args()
 
@@ -90,10 +91,9 @@ def main() -> None:
     names = sorted(paths)
     costs = {n: layer_costs(paths[n]) for n in names}
     load_before = _loadavg()
-    pass_a = measure_all(paths, args.threads, args.repeats, args.rounds)
-    pass_b = measure_all(paths, args.threads, args.repeats, args.rounds)  # a second pass: the noise floor
+    passes = [measure_all(paths, args.threads, args.repeats, args.rounds) for _ in range(args.passes)]
     load_after = _loadavg()
-    samples = {n: pass_a[n] + pass_b[n] for n in names}
+    samples = {n: [x for p in passes for x in p[n]] for n in names}
     measured = np.array([min(samples[n]) for n in names])
 
     fit_all = fit_calibration([costs[n] for n in names], measured, peak, bandwidth,
@@ -113,8 +113,8 @@ def main() -> None:
                      "weight_bytes": sum(c.weight_bytes for c in costs[n]),
                      "measured_min_ms": m, "measured_median_ms": float(np.median(samples[n])),
                      "measured_max_ms": float(np.max(samples[n])), "runs": len(samples[n]),
-                     "pass_a_min_ms": min(pass_a[n]), "pass_b_min_ms": min(pass_b[n]),
-                     "pass_to_pass": min(pass_a[n]) / min(pass_b[n]) - 1,
+                     "pass_min_ms": [min(p[n]) for p in passes],
+                     "pass_to_pass": max(min(p[n]) for p in passes) / min(min(p[n]) for p in passes) - 1,
                      **{f"predicted_{k}_ms": v for k, v in pred.items()},
                      **{f"error_{k}": v / m - 1 for k, v in pred.items()}, "loo_calibration": loo.as_dict()})
         print(f"{n:32s} measured {m:9.3f} ms  loo {pred['loo']:9.3f} ({100 * (pred['loo'] / m - 1):+6.1f}%)  "
@@ -128,7 +128,7 @@ def main() -> None:
         "host": host_info(), "platform": platform.platform(),
         "onnxruntime": package_version("onnxruntime"), "threads": args.threads,
         "timing": {"method": "devices.timing.interleaved", "warmup": 3, "repeats": args.repeats,
-                   "rounds": args.rounds, "compared": "min over all runs"},
+                   "rounds": args.rounds, "passes": args.passes, "compared": "min over all runs of all passes"},
         "load_average_before_after": [load_before, load_after],
         "host_profile": {"peak_fp32_gflops": peak, "memory_bandwidth_gbs": bandwidth, "source": "measured",
                          "method": [host["peak_method"], host["copy_method"]], "measured_at": host["measured_at"]},
@@ -160,7 +160,8 @@ def to_markdown(r: dict) -> str:
         f"shared with other work: load average {r['load_average_before_after'][0]} before, "
         f"{r['load_average_before_after'][1]} after), onnxruntime {r['onnxruntime']}, {r['threads']} thread(s).",
         f"Timing: every model interleaved round-robin, {r['timing']['rounds']} rounds x {r['timing']['repeats']} runs "
-        "after 3 warm-up runs; compared figure is the minimum (the CPU is contended, medians are noisy).",
+        f"after 3 warm-up runs, in {r['timing']['passes']} independent passes; the compared figure is the minimum "
+        "over all of them (the CPU is contended, medians are noisy).",
         f"Host profile (measured on first use): peak {r['host_profile']['peak_fp32_gflops']:.1f} GFLOP/s, "
         f"copy bandwidth {r['host_profile']['memory_bandwidth_gbs']:.1f} GB/s.", "",
         "Error = predicted / measured - 1. **loo**: calibration fitted on the other 14 models (out of sample); "
@@ -169,12 +170,12 @@ def to_markdown(r: dict) -> str:
         f"models (median |error| {100 * s['loo_median_abs_error']:.1f}%, max {100 * s['loo_max_abs_error']:.1f}%); "
         f"in-sample {s['fit_within_target']}/{s['models']} (median {100 * s['fit_median_abs_error']:.1f}%, "
         f"max {100 * s['fit_max_abs_error']:.1f}%).", "",
-        f"Noise floor: the same models timed in two passes of this run differ by a median "
-        f"{100 * s['pass_to_pass_median_abs']:.1f}% (max {100 * s['pass_to_pass_max_abs']:.1f}%) in their minimum "
-        "(column 'A vs B').", "",
+        f"Noise floor: a model's minimum differs between the passes of this run (slowest pass min / fastest pass "
+        f"min - 1) by a median {100 * s['pass_to_pass_median_abs']:.1f}% (max {100 * s['pass_to_pass_max_abs']:.1f}%); "
+        "column 'spread'.", "",
         f"All-model calibration: eta_c {cal['eta_c']:.3g}, eta_m {cal['eta_m']:.3g}, eta_d {cal['eta_d']:.3g}, "
         f"node overhead {cal['node_us']:.2f} us, cache {cal['cache_mb']:g} MB.", "",
-        "| model | MMACs | nodes | weights MB | measured min / median / max ms | A vs B | raw ms (err) "
+        "| model | MMACs | nodes | weights MB | measured min / median / max ms | spread | raw ms (err) "
         "| loo ms (err) | fit ms (err) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
