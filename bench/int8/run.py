@@ -48,7 +48,7 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def model_and_data(name: str, epochs: int):
+def model_and_data(name: str, epochs: int, weights: str | None = None):
     from edgecompress.nas import zoo
 
     torch.manual_seed(0)
@@ -58,8 +58,15 @@ def model_and_data(name: str, epochs: int):
 
         tr, va = digits_loaders(batch_size=64)
         model = zoo.create("mobilenetv2_cifar", num_classes=10, width_mult=0.5)
-        train(model, tr, va, TrainConfig(epochs=epochs, optimizer="adamw", lr=3e-3, weight_decay=0.05,
-                                         warmup_epochs=0.5, progress=False))
+        if weights and Path(weights).is_file():
+            from edgecompress.models import load_state_dict
+
+            model.load_state_dict(load_state_dict(weights))
+        else:
+            train(model, tr, va, TrainConfig(epochs=epochs, optimizer="adamw", lr=3e-3, weight_decay=0.05,
+                                             warmup_epochs=0.5, progress=False))
+            if weights:
+                torch.save(model.state_dict(), weights)
         calib = torch.cat([x for x, _ in tr])[:256].numpy()
         xs = torch.cat([x for x, _ in va]).numpy()
         ys = torch.cat([y for _, y in va]).numpy()
@@ -105,7 +112,7 @@ def nncf_quantize(fp32: Path, calib: np.ndarray, out: Path) -> None:
 
 
 def bench_model(name: str, args, workdir: Path) -> dict:
-    model, calib, xs, ys, extra = model_and_data(name, args.epochs)
+    model, calib, xs, ys, extra = model_and_data(name, args.epochs, args.digits_weights)
     fp32 = workdir / f"{name}_fp32.onnx"
     export_onnx(model, torch.from_numpy(xs[:1]), fp32)
     paths = {"fp32": fp32}
@@ -180,6 +187,11 @@ def markdown(results: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in results["models"]:
         lines += [_row(m["model"], key, c) for key, c in m["candidates"].items()]
+    lines += ["", "Per-model runs (each model is one interleaved run):", ""]
+    for m in results["models"]:
+        st = m.get("settings", s)
+        lines.append(f"- {m['model']}: {st['rounds']} rounds x {st['repeats']} runs, warmup {st['warmup']}, "
+                     f"measured {m.get('measured_at_utc', '?')} UTC, `{st['command']}`")
     return "\n".join(lines) + "\n"
 
 
@@ -190,9 +202,13 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["mobilenetv2", "resnet18", "digits"])
     p.add_argument("--out", default="bench/int8/results")
     p.add_argument("--epochs", type=int, default=4, help="digits training epochs")
+    p.add_argument("--digits-weights", help="load the digits model's weights from here if the file exists, "
+                                             "else train and save them here")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--keep-others", action="store_true",
+                   help="keep the results of models not named in --models from an earlier results.json")
     args = p.parse_args()
     torch.set_num_threads(THREADS)
     results = {"settings": {"threads": THREADS, "warmup": args.warmup, "repeats": args.repeats,
@@ -202,10 +218,21 @@ def main() -> None:
                "host": host_info(), "models": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    kept = []
+    if args.keep_others and (out / "results.json").is_file():
+        # models not re-run here keep their earlier results (each entry carries its own settings)
+        old = json.loads((out / "results.json").read_text())
+        kept = [m for m in old["models"] if m["model"] not in args.models]
+        for m in kept:
+            m.setdefault("settings", {k: old["settings"][k] for k in ("warmup", "repeats", "rounds", "command")})
+    results["models"] = kept
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             print(f"[{name}]", flush=True)
-            results["models"].append(bench_model(name, args, Path(tmp)))
+            entry = bench_model(name, args, Path(tmp))
+            entry["settings"] = {k: results["settings"][k] for k in ("warmup", "repeats", "rounds", "command")}
+            entry["measured_at_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+            results["models"].append(entry)
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
             (out / "results.md").write_text(markdown(results))
             print(markdown(results), flush=True)

@@ -185,6 +185,8 @@ def quantize(model_or_onnx_path: Any, calibration_data: Any, config: Int8Config 
         if not isinstance(model_or_onnx_path, (str, Path)) and fp32_copy != output:
             shutil.copyfile(fp32_path, fp32_copy)
             report["fp32"]["path"] = str(fp32_copy)
+        if evalset is not calib:
+            check_against_input(evalset, *_input_spec(onnx.load(str(fp32_path)), str(fp32_path)))
         reference = run_onnx(fp32_path, evalset.x)
         # onnxruntime runs its own target's INT8 kernels; for TensorRT/TVM files the checks use the ONNX
         # Q/DQ reference semantics (no fusion), since onnxruntime's x86 kernels are not what those run
@@ -207,5 +209,7 @@ def quantize(model_or_onnx_path: Any, calibration_data: Any, config: Int8Config 
         enforce_floors(report["checks"], config.min_sqnr_db, config.max_accuracy_drop)
     except Exception:
         output.unlink(missing_ok=True)
+        if report["fp32"].get("path") and not isinstance(model_or_onnx_path, (str, Path)):
+            Path(report["fp32"]["path"]).unlink(missing_ok=True)
         raise
     return Result(output, report)

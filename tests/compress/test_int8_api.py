@@ -90,7 +90,7 @@ def test_sqnr_floor_raises_and_leaves_no_file(tiny, tmp_path):
     with pytest.raises(CheckFailedError, match="below the floor"):
         quantize(tiny, _loader(32), Int8Config(calibration_samples=32, min_sqnr_db=200.0, max_accuracy_drop=None),
                  output=out)
-    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_no_quantizable_layer(tmp_path):
@@ -103,6 +103,12 @@ def test_calibration_shape_mismatch_names_the_input(ptq, tmp_path):
     with pytest.raises(BadInputError, match=r"\(1, 28, 28\).*'input'"):
         quantize(ptq.report["fp32"]["path"], _loader(8, shape=(1, 28, 28)), Int8Config(**NO_FLOORS),
                  output=tmp_path / "m.onnx")
+
+
+def test_eval_data_shape_mismatch(tiny, tmp_path):
+    with pytest.raises(BadInputError, match="model input 'input'"):
+        quantize(tiny, _loader(8), Int8Config(**NO_FLOORS), output=tmp_path / "m.onnx",
+                 eval_data=_loader(8, shape=(3, 16, 16)))
 
 
 def test_calibration_shape_mismatch_for_torch_model(tiny, tmp_path):
