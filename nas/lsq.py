@@ -18,7 +18,8 @@ call ``torch.fake_quantize_per_tensor_affine``/``per_channel_affine`` with the l
 the TorchScript ONNX exporter writes as QuantizeLinear/DequantizeLinear.
 
 >>> w = torch.tensor([[0.5, -1.0], [0.2, 0.1]])
->>> fake_quant_weight(w, torch.tensor([1 / 127, 0.2 / 127])).mul(127).round().tolist()
+>>> s = torch.tensor([1 / 127, 0.2 / 127])
+>>> (fake_quant_weight(w, s) / s.view(-1, 1)).round().tolist()  # integer codes, clamped to [-127, 127]
 [[64.0, -127.0], [127.0, 64.0]]
 """
 
@@ -44,11 +45,20 @@ def grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
     return (x - x * g).detach() + x * g
 
 
-def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric per-channel: clamp(round(w / s_c), -127, 127) * s_c; ``scale`` (C_out,), ``w`` (C_out, ...)."""
-    g = 1.0 / math.sqrt(max(w[0].numel(), 1) * W_QMAX)
+def fake_quant_weight(w: torch.Tensor, scale: torch.Tensor, qmax: int = W_QMAX) -> torch.Tensor:
+    """Symmetric per-channel: clamp(round(w / s_c), -q, q) * s_c; ``scale`` (C_out,), ``w`` (C_out, ...)."""
+    g = 1.0 / math.sqrt(max(w[0].numel(), 1) * qmax)
     s = grad_scale(scale.abs().clamp_min(1e-8), g).view(-1, *([1] * (w.dim() - 1)))  # (C_out, 1, ...)
-    return round_ste(w / s).clamp(-W_QMAX, W_QMAX) * s
+    return round_ste(w / s).clamp(-qmax, qmax) * s
+
+
+def host_weight_qmax() -> tuple[int, str]:
+    """127 (8-bit weights), or 63 (7-bit) on x86 hosts without VNNI, whose onnxruntime U8S8 kernels
+    saturate int16 pair sums with full-range weights (rule and detection: ``compress/int8/placement.py``)."""
+    from edgecompress.compress.int8.placement import host_needs_reduce_range
+
+    reduce, why = host_needs_reduce_range()
+    return (63 if reduce else 127), why
 
 
 def fake_quant_act(x: torch.Tensor, scale: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -90,18 +100,24 @@ class ActQuant(nn.Module):
 
 
 class WeightQuant(nn.Module):
-    """LSQ+ per-channel symmetric weight quantizer for ``channels`` outputs; ``forward(w)`` uses the first rows."""
+    """LSQ+ per-channel symmetric weight quantizer for ``channels`` outputs; ``forward(w)`` uses the first rows.
 
-    def __init__(self, channels: int) -> None:
+    ``qmax`` 127 is 8-bit [-127, 127]; 63 is 7-bit (``host_weight_qmax``).
+    """
+
+    def __init__(self, channels: int, qmax: int = W_QMAX) -> None:
         super().__init__()
+        if not 1 <= qmax <= W_QMAX:
+            raise ValueError(f"qmax={qmax}: must lie in [1, {W_QMAX}]")
+        self.qmax = qmax
         self.scale = nn.Parameter(torch.ones(channels))
         self.register_buffer("initialized", torch.tensor(False))
         self.frozen = False
 
     @torch.no_grad()
     def init_from(self, w: torch.Tensor) -> None:
-        """s_c = 2 max|w_c| / 255 over the full (max-size) weight (C_out, ...)."""
-        self.scale[: w.shape[0]] = (2 * w.abs().flatten(1).amax(1) / A_QMAX).clamp_min(1e-8)
+        """s_c = max|w_c| / (q + 0.5) (= 2 max|w_c| / 255 at 8 bits) over the full (max-size) weight (C_out, ...)."""
+        self.scale[: w.shape[0]] = (w.abs().flatten(1).amax(1) / (self.qmax + 0.5)).clamp_min(1e-8)
         self.initialized.fill_(True)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -112,9 +128,9 @@ class WeightQuant(nn.Module):
             return torch.fake_quantize_per_channel_affine(w, self.scale, zero, 0, -W_QMAX - 1, W_QMAX)
         scale = self.scale[: w.shape[0]]
         if self.training:
-            return fake_quant_weight(w, scale)
+            return fake_quant_weight(w, scale, self.qmax)
         s = scale.detach().abs().clamp_min(1e-8)
-        lim = (W_QMAX * s).view(-1, *([1] * (w.dim() - 1)))
+        lim = (self.qmax * s).view(-1, *([1] * (w.dim() - 1)))
         return torch.fake_quantize_per_channel_affine(torch.minimum(torch.maximum(w, -lim), lim), s, zero, 0,
                                                       -W_QMAX - 1, W_QMAX)
 
@@ -197,7 +213,7 @@ def freeze_for_export(model: nn.Module) -> int:
         wq = m.weight_quant
         n = weight.shape[0]
         s = wq.scale[:n].abs().clamp_min(1e-8)
-        lim = (W_QMAX * s).view(-1, *([1] * (weight.dim() - 1)))
+        lim = (wq.qmax * s).view(-1, *([1] * (weight.dim() - 1)))
         weight.copy_(torch.minimum(torch.maximum(weight, -lim), lim))
         wq.scale = nn.Parameter(s.clone(), requires_grad=False)
         wq.frozen = True

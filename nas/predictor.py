@@ -155,13 +155,14 @@ def kernel_module(kernel: Kernel) -> nn.Module:
 
 def wrap_quantized(model: nn.Module) -> nn.Module:
     """Replace every quantizable conv/linear by its LSQ+ fake-quant wrapper (min-max init on first use), in place."""
-    from edgecompress.nas.lsq import ActQuant, QConv2d, QLinear, WeightQuant
+    from edgecompress.nas.lsq import ActQuant, QConv2d, QLinear, WeightQuant, host_weight_qmax
     from edgecompress.nas.supernet import quantizable
 
+    qmax = host_weight_qmax()[0]
     for name, m in quantizable(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        wq = WeightQuant(m.weight.shape[0])
+        wq = WeightQuant(m.weight.shape[0], qmax)
         wq.init_from(m.weight)
         setattr(parent, child, (QConv2d if isinstance(m, nn.Conv2d) else QLinear)(m, ActQuant(), wq))
     return model

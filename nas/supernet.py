@@ -41,7 +41,15 @@ from tqdm.auto import tqdm
 
 from edgecompress.compress.train import cosine_lr, evaluate
 from edgecompress.errors import BadInputError
-from edgecompress.nas.lsq import ActQuant, QConv2d, QLinear, WeightQuant, fold_all_bn, freeze_for_export
+from edgecompress.nas.lsq import (
+    ActQuant,
+    QConv2d,
+    QLinear,
+    WeightQuant,
+    fold_all_bn,
+    freeze_for_export,
+    host_weight_qmax,
+)
 from edgecompress.nas.space import E2GC_GROUP_SIZE, SearchNet, Space, Subnet, materialize, resnet_mid
 from edgecompress.nas.tvconv import TVConv, per_pixel_depthwise
 from edgecompress.registry import Registry
@@ -64,9 +72,11 @@ def quantizable(model: nn.Module) -> list[tuple[str, nn.Module]]:
 class Supernet(nn.Module):
     """Weight-sharing supernet of ``space``; ``set_active(subnet)`` selects what ``forward`` runs."""
 
-    def __init__(self, space: Space, num_classes: int = 10) -> None:
+    def __init__(self, space: Space, num_classes: int = 10, weight_qmax: int | None = None) -> None:
         super().__init__()
         self.space, self.num_classes = space, num_classes
+        #: weight grid [-q, q] of phase 2: None = the host's rule (``nas/lsq.py:host_weight_qmax``)
+        self.weight_qmax = weight_qmax if weight_qmax is not None else host_weight_qmax()[0]
         self.net: SearchNet = materialize(space, space.max_subnet(), num_classes)
         self.act_quant = nn.ModuleDict()
         self.weight_quant = nn.ModuleDict()
@@ -122,7 +132,7 @@ class Supernet(nn.Module):
         """Phase 2: one LSQ+ quantizer pair per weight-shared conv/linear, min-max initialised on the max subnet."""
         for name, m in quantizable(self.net):
             self.act_quant[_key(name)] = ActQuant()
-            wq = WeightQuant(m.weight.shape[0])
+            wq = WeightQuant(m.weight.shape[0], self.weight_qmax)
             wq.init_from(m.weight)
             self.weight_quant[_key(name)] = wq
         self.quantized = True
@@ -150,7 +160,7 @@ class Supernet(nn.Module):
                 parent_name, _, child = name.rpartition(".")
                 parent = plain.get_submodule(parent_name) if parent_name else plain
                 act = copy.deepcopy(self.act_quant[_key(name)])
-                wq = WeightQuant(m.weight.shape[0])
+                wq = WeightQuant(m.weight.shape[0], self.weight_qmax)
                 with torch.no_grad():
                     wq.scale.copy_(self.weight_quant[_key(name)].scale[: m.weight.shape[0]])
                 wq.initialized.fill_(True)

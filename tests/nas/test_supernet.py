@@ -153,3 +153,15 @@ def test_int8_weights_in_the_graph_are_8_bit(trained, tmp_path):
     dtypes |= {consts[z].attribute[0].t.data_type for z in zero_points if z in consts}
     assert dtypes and dtypes <= {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
     assert np.isfinite(_onnx_accuracy(path, [(torch.zeros(1, 3, 16, 16), torch.zeros(1, dtype=torch.long))]))
+
+
+def test_weight_grid_follows_the_host_rule():
+    from edgecompress.nas.lsq import host_weight_qmax
+
+    supernet = Supernet(parse_space("r16:c8:s2|irb:w8:d1"))
+    assert supernet.weight_qmax == host_weight_qmax()[0] in (63, 127)
+    supernet.enable_quantization(torch.randn(2, 3, 16, 16))
+    wq = next(iter(supernet.weight_quant.values()))
+    w = torch.randn(8, 3, 3, 3)
+    codes = (wq.eval()(w) / wq.scale.detach().view(-1, 1, 1, 1)).round()
+    assert codes.abs().max() <= supernet.weight_qmax
