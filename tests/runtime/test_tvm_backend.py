@@ -142,3 +142,23 @@ def test_cross_compiled_library_is_aarch64(small_onnx, tmp_path, device):
 def test_cross_target_cannot_be_tuned_here(small_onnx):
     with pytest.raises(BadInputError, match="RPC"):
         compile_tvm(small_onnx, TvmCompileConfig(target="rpi4", trials_per_task=2))
+
+
+def test_cached_budget_skips_the_search(small_onnx, tmp_path):
+    from edgecompress.fileio import sha256_file, write_json_atomic
+
+    work = tuning_dir(sha256_file(small_onnx), target_spec("host"), 1, tmp_path)
+    write_json_atomic(work / "edgecompress.json", {"trials_per_task": 8, "tasks": 3, "seconds": 1.0,
+                                                   "cost_model": "random"})
+    build = compile_tvm(small_onnx, TvmCompileConfig(trials_per_task=4, cache_dir=tmp_path))
+    assert build.report["tuning"]["searched"] is False and build.report["tuning"]["trials_per_task_cached"] == 8
+
+
+def test_a_crashing_tuner_is_an_error_not_a_crash(small_onnx, tmp_path, monkeypatch):
+    import subprocess
+
+    from edgecompress.errors import EdgeCompressError
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -11, "", "Segfault\n"))
+    with pytest.raises(EdgeCompressError, match=r"exit status -11\): Segfault"):
+        compile_tvm(small_onnx, TvmCompileConfig(trials_per_task=2, cache_dir=tmp_path))
