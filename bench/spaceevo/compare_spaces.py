@@ -10,19 +10,21 @@ latency meets the limit, and the two winners' latency ratio from one interleaved
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader, Subset
+
 from edgecompress.data import digits_loaders
 from edgecompress.devices.host import cpu_model
 from edgecompress.devices.timing import interleaved
 from edgecompress.fileio import write_json_atomic, write_text_atomic
 from edgecompress.nas.evolution import SpaceEvolutionConfig, SubnetSearchConfig, evolve_space, search_subnets
-from edgecompress.nas.predictor import LatencyPredictor, MeasureSettings, PredictorConfig, fit_predictor
+from edgecompress.nas.predictor import LatencyPredictor, MeasureSettings
 from edgecompress.nas.qt_score import QTConfig, qt_score
 from edgecompress.nas.space import CIFAR_HYPERSPACE, mobilenetv2_space
 from edgecompress.nas.supernet import Supernet, SupernetConfig, train_supernet
@@ -34,43 +36,51 @@ HERE = Path(__file__).parent
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--latency-ms", type=float, default=0.5)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--predictor", default=str(HERE / "results" / "predictor_host_ort_int8.json"))
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--train-subset", type=int, default=512, help="digits training images used (of 1437)")
     args = ap.parse_args()
     t_start = time.perf_counter()
     settings = MeasureSettings(threads=1, warmup=10, repeats=40, rounds=5)
-    if Path(args.predictor).is_file():
-        predictor = LatencyPredictor.load(args.predictor)
-    else:
-        rng = random.Random(1)
-        spaces = [mobilenetv2_space()] + [CIFAR_HYPERSPACE.space(CIFAR_HYPERSPACE.random_genes(rng))
-                                          for _ in range(3)]
-        predictor = fit_predictor(spaces, PredictorConfig(settings=settings), progress=print)
     limit = args.latency_ms
+    train, val = digits_loaders(batch_size=64, size=32, seed=0)
+    train = DataLoader(Subset(train.dataset, range(args.train_subset)), batch_size=64, shuffle=True,
+                       generator=torch.Generator().manual_seed(0))
+    sn_config = SupernetConfig(epochs=args.epochs, qat_epochs=args.qat_epochs, num_random=1, seed=0, progress=False)
+    search_config = SubnetSearchConfig(population=8, generations=2, measure_top=4, settings=settings, seed=0)
+    mbv2 = mobilenetv2_space()
+    supernets, train_seconds = {}, {}
+    t0 = time.perf_counter()
+    supernets["mobilenetv2"] = Supernet(mbv2)
+    logs = {"mobilenetv2": train_supernet(supernets["mobilenetv2"], train, sn_config)}
+    train_seconds["mobilenetv2"] = time.perf_counter() - t0
+    print("trained the MobileNetV2 supernet", logs["mobilenetv2"][-1], flush=True)
+
+    while not Path(args.predictor).is_file():  # written by predictor_accuracy.py once fitted
+        print("waiting for", args.predictor, flush=True)
+        time.sleep(30)
+    predictor = LatencyPredictor.load(args.predictor)
     qt = QTConfig((0.8 * limit, limit), samples=300)
     host_space, history = evolve_space(CIFAR_HYPERSPACE, predictor, qt,
                                        SpaceEvolutionConfig(population=20, sample=5, cycles=30), progress=print)
-    mbv2 = mobilenetv2_space()
     qt_rows = {"host": qt_score(host_space, predictor, qt), "mobilenetv2": qt_score(mbv2, predictor, qt)}
-    print("host space", host_space.format(), qt_rows["host"][0], "mbv2", qt_rows["mobilenetv2"][0])
+    print("host space", host_space.format(), qt_rows["host"][0], "mbv2", qt_rows["mobilenetv2"][0], flush=True)
+    t0 = time.perf_counter()
+    supernets["host"] = Supernet(host_space)
+    logs["host"] = train_supernet(supernets["host"], train, sn_config)
+    train_seconds["host"] = time.perf_counter() - t0
 
-    train, val = digits_loaders(batch_size=64, size=32, seed=0)
-    sn_config = SupernetConfig(epochs=args.epochs, qat_epochs=args.qat_epochs, seed=0, progress=False)
-    search_config = SubnetSearchConfig(population=8, generations=2, measure_top=4, settings=settings, seed=0)
     results, work = {}, Path(tempfile.mkdtemp(prefix="ec-compare-"))
-    for name, space in (("host", host_space), ("mobilenetv2", mbv2)):
+    for name in ("host", "mobilenetv2"):
         t0 = time.perf_counter()
-        supernet = Supernet(space)
-        logs = train_supernet(supernet, train, sn_config)
-        train_s = time.perf_counter() - t0
-        found = search_subnets(supernet, predictor, limit, train, val, search_config, workdir=work / name,
+        found = search_subnets(supernets[name], predictor, limit, train, val, search_config, workdir=work / name,
                                progress=print)
-        found.update(train_logs=logs, train_seconds=train_s, search_seconds=time.perf_counter() - t0 - train_s)
+        found.update(train_logs=logs[name], train_seconds=train_seconds[name],
+                     search_seconds=time.perf_counter() - t0)
         results[name] = found
-        best = found["candidates"][found["best"]] if found["best"] is not None else None
-        print(name, "best", best)
+        print(name, "best", found["candidates"][found["best"]] if found["best"] is not None else None, flush=True)
 
     # the two winners' latency in one interleaved run
     engines = {}
@@ -95,7 +105,7 @@ def main() -> None:
         "what": "host-specific space (Q-T evolution) vs plain MobileNetV2 space, same supernet training and search",
         "device": "host", "cpu": cpu_model(), "runtime": "onnxruntime CPU, INT8 Q/DQ, 1 thread, batch 1",
         "latency_limit_ms": limit, "measure_settings": settings.as_dict(),
-        "data": "digits 32x32 (1437 train / 360 val)",
+        "data": f"digits 32x32 (first {args.train_subset} of 1437 train images / 360 val)",
         "budgets": {"supernet": asdict(sn_config), "subnet_search": {k: v for k, v in asdict(search_config).items()
                                                                     if k != "settings"},
                     "space_evolution": {"population": 20, "sample": 5, "cycles": 30, "qt_samples": 300}},
@@ -118,7 +128,8 @@ def main() -> None:
     md = [f"# Host space vs MobileNetV2 space at the same INT8 latency limit ({limit:g} ms)", "",
           "Command: `.venv/bin/python bench/spaceevo/compare_spaces.py` "
           f"({time.strftime('%Y-%m-%d')}, {cpu_model()}, 2 shared cores, heavily contended).", "",
-          f"Budgets: supernet {args.epochs} FP32 sandwich epochs + {args.qat_epochs} LSQ+ QAT epoch(s); subnet search "
+          f"Budgets: supernet {args.epochs} FP32 sandwich epochs + {args.qat_epochs} LSQ+ QAT epoch(s) on "
+          f"{args.train_subset} digits images (max, min + 1 random subnet per step); subnet search "
           "population 8, 2 generations, 4 measured; space evolution 20 x 30 cycles, Q-T on 300 predicted subnets. "
           "Accuracy: onnxruntime INT8 on the 360-image digits validation split (one seed).", "",
           "| space | text | Q-T | best subnet (measured <= limit) | INT8 accuracy | measured ms | "

@@ -21,24 +21,25 @@ import numpy as np
 from edgecompress.devices.host import cpu_model, host_info
 from edgecompress.fileio import write_json_atomic, write_text_atomic
 from edgecompress.nas.predictor import MeasureSettings, PredictorConfig, fit_predictor, measure_subnet
-from edgecompress.nas.space import CIFAR_HYPERSPACE, mobilenetv2_space
+from edgecompress.nas.space import CIFAR_HYPERSPACE
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subnets", type=int, default=100)
-    ap.add_argument("--init-subnets", type=int, default=30)
+    ap.add_argument("--init-subnets", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--calib-subnets", type=int, default=16)
+    ap.add_argument("--calib-subnets", type=int, default=10)
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args()
 
-    rng = random.Random(1)
-    spaces = [mobilenetv2_space()] + [CIFAR_HYPERSPACE.space(CIFAR_HYPERSPACE.random_genes(rng)) for _ in range(3)]
+    # one homogeneous space per block type (middle width windows): every unit type the search can meet
+    mid = [CIFAR_HYPERSPACE.windows(i) // 2 for i in range(len(CIFAR_HYPERSPACE.stages))]
+    spaces = [CIFAR_HYPERSPACE.space(tuple((b, m) for m in mid)) for b in CIFAR_HYPERSPACE.blocks]
     settings = MeasureSettings(threads=1, warmup=10, repeats=40, rounds=5)
     config = PredictorConfig(precision=args.precision, init_subnets=args.init_subnets, rounds=args.rounds,
-                             val_kernels=40, calib_subnets=args.calib_subnets, settings=settings, seed=0)
+                             val_kernels=16, calib_subnets=args.calib_subnets, settings=settings, seed=0)
     start = time.perf_counter()
     predictor = fit_predictor(spaces, config, progress=print)
     fit_s = time.perf_counter() - start
