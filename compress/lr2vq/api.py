@@ -14,10 +14,11 @@ Per-layer policy (each decision is a line in ``report["layers"]``):
   weights (depthwise 3x3, L = 9; a 3-channel first conv, L = 27) they are consecutive elements of the
   flattened weight and straddle rows (a note says so); when ``m`` divides neither, the layer is left
   uncompressed and stored in fp16;
-- with ``N`` sub-vectors, a layer uses ``k_l = k`` when ``k <= N / 2``, else the largest power of two
-  ``<= N / 2`` (a codebook as large as the data would store the weights twice); ``k_l < 2`` leaves it
-  uncompressed;
-- a layer whose quantised bits would not be fewer than its fp16 bits is left uncompressed;
+- with ``N`` sub-vectors, a layer uses ``k_l = k`` when ``k <= N / s`` (``s = subvectors_per_code``,
+  default 4), else the largest power of two ``<= N / s`` (a codebook nearly as large as the data keeps
+  little and costs much); ``k_l < 2`` leaves it uncompressed;
+- a layer whose quantised size is not at least ``min_saving`` (default 2) times smaller than its fp16
+  size is left uncompressed (tiny layers: little to gain, much accuracy to lose);
 - names in ``config.exclude`` are left uncompressed.
 
 Schedule (``epochs`` split into lowrank ``e//4``, soft ``e - 2(e//4)``, hard ``e//4``): low-rank
@@ -69,6 +70,9 @@ class LR2VQConfig:
         kmeans_iters: Lloyd iterations of the k-means init.
         d_candidates: the ``d`` values the estimate tries (default: ``estimate.default_candidates(m)``).
         exclude: module names left uncompressed.
+        subvectors_per_code: a layer with N sub-vectors uses at most ``N / subvectors_per_code`` codewords.
+        min_saving: a layer is quantised only if its fp16 size is at least ``min_saving`` times its
+            quantised size (tiny layers cost little in fp16 and lose much accuracy when quantised).
         seed: seed of k-means and training.
         progress: show progress bars.
     """
@@ -83,10 +87,16 @@ class LR2VQConfig:
     kmeans_iters: int = 25
     d_candidates: tuple[int, ...] | None = None
     exclude: tuple[str, ...] = ()
+    subvectors_per_code: int = 4
+    min_saving: float = 2.0
     seed: int = 0
     progress: bool = False
 
     def __post_init__(self) -> None:
+        if self.subvectors_per_code < 1:
+            raise ValueError(f"subvectors_per_code={self.subvectors_per_code}: must be >= 1")
+        if self.min_saving < 1.0:
+            raise ValueError(f"min_saving={self.min_saving}: must be >= 1 (a layer must not grow)")
         if self.k < 2:
             raise ValueError(f"k={self.k}: must be >= 2")
         if self.m < 1:
@@ -160,7 +170,8 @@ def plan_layers(model: nn.Module, config: LR2VQConfig) -> list[LayerPlan]:
             if length % config.m:
                 plan.note = f"m={config.m} does not divide L={length}: sub-vectors straddle rows of the flat weight"
             plan.n_subvectors = module.weight.numel() // config.m
-            k = config.k if config.k <= plan.n_subvectors // 2 else _pow2_floor(plan.n_subvectors // 2)
+            cap = plan.n_subvectors // config.subvectors_per_code
+            k = config.k if config.k <= cap else _pow2_floor(cap)
             if k < 2:
                 plan.reason = f"only {plan.n_subvectors} sub-vectors: too few for a codebook"
             else:
@@ -177,11 +188,13 @@ def plan_layers(model: nn.Module, config: LR2VQConfig) -> list[LayerPlan]:
 def _note(plan: LayerPlan, config: LR2VQConfig) -> str | None:
     notes = [plan.note] if plan.note else []
     if plan.quantised and plan.k != config.k:
-        notes.append(f"k={config.k} > N/2 = {plan.n_subvectors // 2}: k={plan.k} for this layer")
+        cap = plan.n_subvectors // config.subvectors_per_code
+        notes.append(f"k={config.k} > N/{config.subvectors_per_code} = {cap}: k={plan.k} for this layer")
     return "; ".join(notes) or None
 
 
-def _size_check(plans: list[LayerPlan], modules: dict[str, nn.Module], m: int, d: int, identity: bool) -> None:
+def _size_check(plans: list[LayerPlan], modules: dict[str, nn.Module], m: int, d: int, identity: bool,
+                min_saving: float) -> None:
     for plan in plans:
         if not plan.quantised:
             continue
@@ -189,8 +202,9 @@ def _size_check(plans: list[LayerPlan], modules: dict[str, nn.Module], m: int, d
         nb = 0 if bias is None else bias.numel()
         bits = vq_layer_bits(plan.n_subvectors, plan.k, d, m, identity, nb)["total"]
         dense_bits = FLOAT_BITS * (plan.n_subvectors * m + nb)
-        if bits >= dense_bits:
-            plan.reason = f"quantised size {bits // 8} B >= fp16 size {dense_bits // 8} B: not worth quantising"
+        if bits * min_saving > dense_bits:
+            plan.reason = (f"quantised size {bits / 8:.0f} B vs fp16 size {dense_bits // 8} B: saves less than "
+                           f"min_saving={min_saving:g}x, not worth quantising")
             plan.k = None
 
 
@@ -239,7 +253,7 @@ def vq(model: nn.Module, train_data: DataLoader, config: LR2VQConfig = LR2VQConf
         layers = [(p.name, to_subvectors(modules[p.name].weight.detach().float(), config.m), p.k) for p in quantised]
         estimate = estimate_d(layers, config.m, config.d_candidates, seed=config.seed)
         d = estimate.d
-    _size_check(plans, modules, config.m, d, identity)
+    _size_check(plans, modules, config.m, d, identity, config.min_saving)
     quantised = [p for p in plans if p.quantised]
     if not quantised:
         raise BadInputError(f"vq: with d={d} no layer gets smaller than fp16 ("

@@ -38,7 +38,8 @@ def test_vq_end_to_end_report_and_frozen_model(tmp_path):
     rep = result.report
     assert isinstance(model[3], nn.Conv2d)  # the user's model is untouched
     blocks = [m for m in result.model.modules() if isinstance(m, LR2VQLayer)]
-    assert len(blocks) == rep["quantised_layers"] == 3 and all(b.phase == "frozen" for b in blocks)
+    # stem and conv are quantised; the 40-weight head only if it is at least 2x smaller (depends on d)
+    assert len(blocks) == rep["quantised_layers"] >= 2 and all(b.phase == "frozen" for b in blocks)
     assert rep["d"] in (1, 2, 4) and rep["d_source"] == "estimated"
     assert rep["d_estimate"]["candidates"] == [1, 2, 4]
     assert set(rep["phases"]) == {"lowrank", "soft", "hard"}
@@ -69,10 +70,10 @@ def test_per_layer_policy_lines():
     plans = {p.name: p for p in plan_layers(model, LR2VQConfig(k=256, m=8))}
     assert not plans["0"].quantised and "divides neither" in plans["0"].reason
     assert plans["3"].quantised and "straddle" in plans["3"].note
-    assert plans["3"].k == 128  # N = 270 sub-vectors: k=256 > N/2 -> largest power of two <= 135
-    assert plans["8"].k == 2  # N = 5 sub-vectors: k = 2
-    (tiny,) = plan_layers(nn.Sequential(nn.Linear(4, 2)), LR2VQConfig(k=4, m=4))  # N = 2: no codebook fits
-    assert not tiny.quantised and "too few" in tiny.reason
+    assert plans["3"].k == 64  # N = 270 sub-vectors: k=256 > N/4 -> largest power of two <= 67
+    assert not plans["8"].quantised and "too few" in plans["8"].reason  # N = 5: N/4 = 1 codeword
+    (two,) = plan_layers(nn.Sequential(nn.Linear(40, 2)), LR2VQConfig(k=4, m=4, subvectors_per_code=2))
+    assert two.k == 4 and two.quantised  # N = 20, N/2 = 10 >= k = 4
     plans = {p.name: p for p in plan_layers(model, LR2VQConfig(k=4, m=4, exclude=("8",)))}
     assert plans["8"].reason == "excluded by config.exclude"
 
@@ -80,7 +81,8 @@ def test_per_layer_policy_lines():
 def test_layer_that_would_not_shrink_stays_uncompressed():
     train_dl, val_dl = _loaders()
     model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Flatten(), nn.Linear(512, 2))
-    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0), val_dl)
+    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0, subvectors_per_code=2, min_saving=1.0),
+                val_dl)
     lines = {ln["name"]: ln for ln in result.report["layers"]}
     # conv: 24 weights = 6 sub-vectors, k = 2: 6 + 2x4x16 + 4x4x16 = 390 bits > 24 x 16 = 384 bits in fp16
     assert lines["0"]["status"] == "uncompressed (fp16)" and "not worth" in lines["0"]["reason"]
@@ -90,6 +92,7 @@ def test_layer_that_would_not_shrink_stays_uncompressed():
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"d": 17, "m": 16}, "d=17"), ({"k": 1}, "k=1"), ({"m": 0}, "m=0"), ({"method": "rvq"}, "method"),
     ({"epochs": -1}, "epochs"), ({"tau": (1.0, 0.0)}, "tau"), ({"d_candidates": (0, 2)}, "d_candidates"),
+    ({"min_saving": 0.5}, "min_saving"), ({"subvectors_per_code": 0}, "subvectors_per_code"),
 ])
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
