@@ -16,7 +16,8 @@ Per-layer policy (each decision is a line in ``report["layers"]``):
   uncompressed and stored in fp16;
 - with ``N`` sub-vectors, a layer uses ``k_l = k`` when ``k <= N / s`` (``s = subvectors_per_code``,
   default 4), else the largest power of two ``<= N / s`` (a codebook nearly as large as the data keeps
-  little and costs much); ``k_l < 2`` leaves it uncompressed;
+  little and costs much); ``k_l < min(k, 16)`` leaves it uncompressed (a handful of codewords for a
+  tiny layer, e.g. MobileNetV2's first 16 -> 8 projection, costs accuracy for a few bytes);
 - a layer whose quantised size is not at least ``min_saving`` (default 2) times smaller than its fp16
   size is left uncompressed (tiny layers: little to gain, much accuracy to lose);
 - names in ``config.exclude`` are left uncompressed.
@@ -52,6 +53,7 @@ from edgecompress.compress.train import TrainConfig, evaluate, train
 from edgecompress.errors import BadInputError
 
 METHODS = ("lr2vq", "pq")
+MIN_CODEWORDS = 16  # a layer whose codebook would shrink below min(k, 16) codewords stays fp16
 
 
 @dataclass(frozen=True)
@@ -172,8 +174,9 @@ def plan_layers(model: nn.Module, config: LR2VQConfig) -> list[LayerPlan]:
             plan.n_subvectors = module.weight.numel() // config.m
             cap = plan.n_subvectors // config.subvectors_per_code
             k = config.k if config.k <= cap else _pow2_floor(cap)
-            if k < 2:
-                plan.reason = f"only {plan.n_subvectors} sub-vectors: too few for a codebook"
+            if k < min(config.k, MIN_CODEWORDS):
+                plan.reason = (f"only {plan.n_subvectors} sub-vectors: at most {max(k, 0)} codewords fit "
+                               f"(fewer than min(k, {MIN_CODEWORDS}))")
             else:
                 plan.k = k
         plans.append(plan)

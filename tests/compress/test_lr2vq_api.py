@@ -71,22 +71,27 @@ def test_per_layer_policy_lines():
     assert not plans["0"].quantised and "divides neither" in plans["0"].reason
     assert plans["3"].quantised and "straddle" in plans["3"].note
     assert plans["3"].k == 64  # N = 270 sub-vectors: k=256 > N/4 -> largest power of two <= 67
-    assert not plans["8"].quantised and "too few" in plans["8"].reason  # N = 5: N/4 = 1 codeword
+    assert not plans["8"].quantised and "codewords fit" in plans["8"].reason  # N = 5: N/4 = 1 codeword
     (two,) = plan_layers(nn.Sequential(nn.Linear(40, 2)), LR2VQConfig(k=4, m=4, subvectors_per_code=2))
     assert two.k == 4 and two.quantised  # N = 20, N/2 = 10 >= k = 4
+    (few,) = plan_layers(nn.Sequential(nn.Linear(64, 4)), LR2VQConfig(k=64, m=4))  # N = 64: 16 codewords fit
+    assert few.k == 16
+    (few,) = plan_layers(nn.Sequential(nn.Linear(32, 4)), LR2VQConfig(k=64, m=4))  # N = 32: 8 < 16
+    assert not few.quantised
     plans = {p.name: p for p in plan_layers(model, LR2VQConfig(k=4, m=4, exclude=("8",)))}
     assert plans["8"].reason == "excluded by config.exclude"
 
 
-def test_layer_that_would_not_shrink_stays_uncompressed():
+def test_layer_that_would_not_shrink_enough_stays_uncompressed():
     train_dl, val_dl = _loaders()
-    model = nn.Sequential(nn.Conv2d(3, 8, 1, bias=False), nn.Flatten(), nn.Linear(512, 2))
-    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0, subvectors_per_code=2, min_saving=1.0),
-                val_dl)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.Linear(16, 4))
+    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0), val_dl)
     lines = {ln["name"]: ln for ln in result.report["layers"]}
-    # conv: 24 weights = 6 sub-vectors, k = 2: 6 + 2x4x16 + 4x4x16 = 390 bits > 24 x 16 = 384 bits in fp16
-    assert lines["0"]["status"] == "uncompressed (fp16)" and "not worth" in lines["0"]["reason"]
-    assert lines["2"]["status"] == "quantised"
+    # Linear(16, 4): N = 16, k = 4: 16x2 + 4x4x16 + 4x4x16 + 4x16 = 608 bits vs 68 x 16 = 1088 fp16 bits: < 2x
+    assert lines["2"]["status"] == "uncompressed (fp16)" and "not worth" in lines["2"]["reason"]
+    assert lines["1"]["status"] == "quantised"
+    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0, min_saving=1.5), val_dl)
+    assert result.report["quantised_layers"] == 2
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
