@@ -74,6 +74,16 @@ def one_run(model, train_dl, val_dl, example, config: LR2VQConfig) -> dict:
                             if ln["reason"] or ln["note"]]}
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int, int]] | None = None,
           tag: str = "") -> dict:
     spec = dict(MODELS[name])
@@ -102,7 +112,7 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
               "vq_epochs": epochs, "runs": [], "sweep": [],
               "machine": {"cpu": cpu_model(), "torch_threads": 1, "python": platform.python_version(),
                           "torch": torch.__version__, "note": "shared 2-core VM, contended by other jobs"},
-              "command": " ".join([Path(sys.executable).name, *sys.argv])}
+              "command": " ".join([Path(sys.executable).name, *sys.argv]), "code_commit": _commit()}
     path = out / f"{name}{'_' + tag if tag else ''}.json"
     write_json_atomic(path, record)
     print(f"{name}: FP32 val accuracy {record['fp32']['val_accuracy']:.4f}", flush=True)
