@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -58,6 +59,7 @@ def test_onnxruntime_round_trip_dir_and_archive(ort_bundle, onnx_file):
 
 @pytest.mark.tvm
 def test_tvm_round_trip_runs_without_torch(onnx_file, tmp_path, monkeypatch):
+    pytest.importorskip("tvm", reason="apache-tvm is not installed")
     monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))
     out = compile_bundle(onnx_file, "tvm", "host", tmp_path / "tb", archive=True)
     m = read_manifest(tmp_path / "tb")
@@ -76,6 +78,21 @@ def test_tvm_round_trip_runs_without_torch(onnx_file, tmp_path, monkeypatch):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), load_engine(onnx_file).run(_x())[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.tvm
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None, reason="aarch64-linux-gnu-g++ not installed "
+                    "(`make setup` installs Debian's g++-aarch64-linux-gnu)")
+def test_rpi4_bundle_holds_an_aarch64_engine_and_refuses_to_run_here(onnx_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))
+    from edgecompress.runtime.backend_tvm import EM_AARCH64, elf_machine
+
+    out = compile_bundle(onnx_file, "tvm", "rpi4", tmp_path / "pi", cross_parity=False)
+    m = read_manifest(out)
+    assert m["target"]["mcpu"] == "cortex-a72" and m["compile"]["engine_elf_machine"] == "aarch64"
+    assert elf_machine(out / "engine.so") == (EM_AARCH64, 3)
+    with pytest.raises(BadInputError, match="built for ELF machine 183"):
+        load_bundle(out)
+
+
 def test_onnxruntime_bundle_loads_without_torch(ort_bundle, tmp_path):
     code = ("import sys, numpy as np, edgecompress as ec\n"
             f"e = ec.load_bundle({str(ort_bundle)!r})\n"
@@ -85,8 +102,6 @@ def test_onnxruntime_bundle_loads_without_torch(ort_bundle, tmp_path):
 
 
 def _copy(src, dst):
-    import shutil
-
     shutil.copytree(src, dst)
     return dst
 

@@ -24,6 +24,7 @@ from edgecompress.runtime.engine import EngineOptions, load_engine
 from edgecompress.runtime.tvm_targets import is_cross, target_spec
 
 pytestmark = pytest.mark.tvm
+pytest.importorskip("tvm", reason="apache-tvm is not installed")
 needs_cross = pytest.mark.skipif(shutil.which("aarch64-linux-gnu-g++") is None,
                                  reason="aarch64-linux-gnu-g++ not installed (`make setup` installs "
                                         "Debian's g++-aarch64-linux-gnu)")

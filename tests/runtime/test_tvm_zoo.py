@@ -8,6 +8,7 @@ from edgecompress.nas import zoo
 from edgecompress.runtime.backend_tvm import TvmCompileConfig, build_engine
 
 pytestmark = pytest.mark.tvm
+pytest.importorskip("tvm", reason="apache-tvm is not installed")
 TINY = [n for n in zoo.names() if n.endswith("_tiny")]
 FULL = [n for n in zoo.names() if not n.endswith("_tiny")]
 
