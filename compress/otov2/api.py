@@ -127,8 +127,9 @@ class OTOv2Config:
     """Settings of ``prune``: DHSPG hyperparameters plus the training budget.
 
     Pruning starts (one-time partition) after ``start_pruning_fraction`` of the steps; with
-    ``force_project_fraction`` set, rows still missing to reach the target are projected at that point
-    (see ``dhspg``), so the rest of training recovers. ``epsilon`` 0.9 follows the OTOv2 tutorials.
+    ``force_project_fraction`` set, the zero rows are raised linearly to the target by that point (see
+    ``dhspg.forced_quota``), so the rest of training recovers with the final widths. ``epsilon`` 0.9 follows
+    the OTOv2 tutorials.
     """
 
     target_group_sparsity: float = 0.5
@@ -139,8 +140,8 @@ class OTOv2Config:
     epsilon: float = 0.9
     lmbda: float | None = None
     tolerance_group_sparsity: float = 0.05
-    start_pruning_fraction: float = 0.2
-    force_project_fraction: float | None = 0.6
+    start_pruning_fraction: float = 0.1
+    force_project_fraction: float | None = 0.4
     group_divisible: int = 1
     rtol: float = 1e-5
     seed: int = 0

@@ -20,9 +20,10 @@ variant, alpha the learning rate.
 
 Additions of ours (stated, not from the paper): the projection is capped so the number of zero rows never
 exceeds round(target N) (the legacy code could overshoot), rows crossing the half space are projected most
-deeply-crossed first; and an optional ``force_project_step`` after which the G_p rows still missing to
-reach the target are projected, smallest ‖x_g‖/sqrt|g| first (a guarantee for short training budgets;
-``None`` = pure DHSPG).
+deeply-crossed first; and an optional ``force_project_step``: from ``start_pruning_step`` to it the number
+of zero rows is raised linearly to the target (``forced_quota``), projecting the G_p rows of smallest
+‖x_g‖/sqrt|g| that the half space has not taken yet (a schedule like OTOv3's HESSO; a guarantee for
+short training budgets; ``None`` = pure DHSPG).
 
 >>> import torch, edgecompress as ec
 >>> oto = ec.OTO(ec.zoo.create("resnet_cifar_tiny"), torch.randn(1, 3, 32, 32))
@@ -104,6 +105,14 @@ def select_redundant(scores: torch.Tensor, group_of_row: torch.Tensor, rows_per_
         mask[rows] = False
         mask[order[:n_p]] = True
     return mask
+
+
+def forced_quota(step: int, start: int, end: int, target_rows: int) -> int:
+    """Zero rows required at ``step``: rises linearly from 0 at ``start`` to ``target_rows`` at ``end`` (ours)."""
+    if step < start:
+        return 0
+    frac = min(1.0, (step - start + 1) / max(1, end - start))
+    return int(math.ceil(target_rows * frac))
 
 
 # ---- the optimizer -------------------------------------------------------------------------------------
@@ -252,10 +261,14 @@ class DHSPG(torch.optim.Optimizer):
         return loss
 
     def _penalize_and_project(self, d_of, xhat_of, lr, group) -> None:
-        budget = self.target_rows - self.num_zero_rows
+        zero_now = self.num_zero_rows
+        budget = self.target_rows - zero_now
         candidates = []  # (ratio, zig index, row)
         project = self.num_steps >= self.half_space_project_step
-        force = self.force_project_step is not None and self.num_steps >= self.force_project_step
+        force = self.force_project_step is not None
+        quota = 0
+        if force:
+            quota = forced_quota(self.num_steps, self.start_pruning_step, self.force_project_step, self.target_rows)
         for gi, z in enumerate(self.zigs):
             live = self.redundant[gi] & ~self.zero_masks[gi]
             if not live.any():
@@ -288,8 +301,10 @@ class DHSPG(torch.optim.Optimizer):
                     size = max(1, z.row_size)
                     for r in (live & ~hit).nonzero().flatten().tolist():
                         candidates.append((float(x_norm[r]) / math.sqrt(size), 1, gi, r))
-        candidates.sort(key=lambda c: (c[1], c[0]))
-        for _, _, gi, r in candidates[:max(0, budget)]:
+        hits = sorted(c for c in candidates if c[1] == 0)[:max(0, budget)]
+        extra = max(0, min(budget, quota - zero_now) - len(hits))
+        forced = sorted(c for c in candidates if c[1] == 1)[:extra]
+        for _, _, gi, r in hits + forced:
             self.zero_masks[gi][r] = True
         for gi, z in enumerate(self.zigs):
             rows = self.zero_masks[gi].nonzero().flatten()

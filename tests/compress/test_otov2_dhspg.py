@@ -128,3 +128,12 @@ def test_dhspg_runs_on_cuda():
     assert opt.group_sparsity == pytest.approx(opt.target_rows / opt.num_rows)
     model.eval()
     oto.construct_subnet()
+
+
+def test_forced_quota_ramps_linearly_to_the_target():
+    from edgecompress.compress.otov2.dhspg import forced_quota
+
+    assert forced_quota(4, 5, 15, 100) == 0
+    assert forced_quota(5, 5, 15, 100) == 10
+    assert forced_quota(9, 5, 15, 100) == 50
+    assert forced_quota(14, 5, 15, 100) == 100 and forced_quota(40, 5, 15, 100) == 100
