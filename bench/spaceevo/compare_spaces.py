@@ -130,7 +130,8 @@ def main() -> None:
           f"({time.strftime('%Y-%m-%d')}, {cpu_model()}, 2 shared cores, heavily contended).", "",
           f"Budgets: supernet {args.epochs} FP32 sandwich epochs + {args.qat_epochs} LSQ+ QAT epoch(s) on "
           f"{args.train_subset} digits images (max, min + 1 random subnet per step); subnet search "
-          "population 6, 1 generation, 3 measured (+ the fastest); space evolution 20 x 30 cycles, Q-T on 300 predicted subnets. "
+          "population 6, 1 generation, 3 measured (+ the fastest); space evolution 20 x 30 cycles, Q-T on 300 "
+          "predicted subnets. "
           "Accuracy: onnxruntime INT8 on the 360-image digits validation split (one seed).", "",
           "| space | text | Q-T | best subnet (measured <= limit) | INT8 accuracy | measured ms | "
           "interleaved ms min / median / max |", "|---|---|---|---|---|---|---|", *rows, "",
