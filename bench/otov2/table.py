@@ -21,7 +21,7 @@ def main() -> int:
 
         def cell(name: str, stats=stats, ratio=ratio, ratio_min=ratio_min) -> str:
             if name not in stats:
-                return "not measured"
+                return "not measured | not measured"
             s = stats[name]
             return (f"{s['min_ms']:.3f} / {s['median_ms']:.3f} / {s['max_ms']:.3f} | "
                     f"{ratio[name]:.2f}x / {ratio_min[name]:.2f}x")
@@ -42,7 +42,7 @@ def main() -> int:
         if lat:
             lines += ["", f"Latency: {lat['source']}, {lat['runtime']}, {lat['threads']} thread, batch {lat['batch']}, "
                       f"warmup {lat['warmup']}, {lat['rounds']} interleaved rounds x {lat['repeats']} repeats, "
-                      f"host {r['host'].get('cpu_model', '?') if isinstance(r.get('host'), dict) else '?'}."]
+                      f"host {r['host'].get('cpu', '?')} ({r['host'].get('cores', '?')} cores, shared and contended)."]
         lines.append("")
     (res_dir / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))

@@ -129,7 +129,7 @@ class OTOv2Config:
     Pruning starts (one-time partition) after ``start_pruning_fraction`` of the steps; with
     ``force_project_fraction`` set, the zero rows are raised linearly to the target by that point (see
     ``dhspg.forced_quota``), so the rest of training recovers with the final widths. ``epsilon`` 0.9 follows
-    the OTOv2 tutorials.
+    the OTOv2 tutorials. ``max_group_sparsity`` (ours) keeps at least a quarter of every group by default.
     """
 
     target_group_sparsity: float = 0.5
@@ -143,6 +143,7 @@ class OTOv2Config:
     start_pruning_fraction: float = 0.1
     force_project_fraction: float | None = 0.4
     group_divisible: int = 1
+    max_group_sparsity: float = 0.75
     rtol: float = 1e-5
     seed: int = 0
     progress: bool = True
@@ -168,6 +169,8 @@ class OTOv2Config:
                              f"[start_pruning_fraction, 1] or be None")
         if self.group_divisible < 1:
             raise ValueError(f"group_divisible={self.group_divisible}: must be >= 1")
+        if not 0.0 < self.max_group_sparsity <= 1.0:
+            raise ValueError(f"max_group_sparsity={self.max_group_sparsity}: must lie in (0, 1]")
         if self.rtol <= 0:
             raise ValueError(f"rtol={self.rtol}: must be > 0")
 
@@ -205,7 +208,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, train_data, config: OT
         start_pruning_step=int(config.start_pruning_fraction * total),
         force_project_step=(None if config.force_project_fraction is None
                             else int(config.force_project_fraction * total)),
-        group_divisible=config.group_divisible)
+        group_divisible=config.group_divisible, max_group_sparsity=config.max_group_sparsity)
     tcfg = TrainConfig(epochs=config.epochs, optimizer="adamw" if config.variant != "sgd" else "sgd", lr=config.lr,
                        weight_decay=config.weight_decay, seed=config.seed, progress=config.progress)
     logs = train(model, train_data, val_data, tcfg, optimizer=opt, desc="dhspg")

@@ -23,7 +23,9 @@ exceeds round(target N) (the legacy code could overshoot), rows crossing the hal
 deeply-crossed first; and an optional ``force_project_step``: from ``start_pruning_step`` to it the number
 of zero rows is raised linearly to the target (``forced_quota``), projecting the G_p rows of smallest
 ‖x_g‖/sqrt|g| that the half space has not taken yet (a schedule like OTOv3's HESSO; a guarantee for
-short training budgets; ``None`` = pure DHSPG).
+short training budgets; ``None`` = pure DHSPG); ``max_group_sparsity`` caps the fraction of one group's rows in
+G_p (like torch-pruning's ``max_pruning_ratio``; 1.0 = the paper): the paper's s_norm divides by |g|, so
+groups with long rows (a residual stream shared by many convs) are chosen first and can be cut to one channel.
 
 >>> import torch, edgecompress as ec
 >>> oto = ec.OTO(ec.zoo.create("resnet_cifar_tiny"), torch.randn(1, 3, 32, 32))
@@ -84,14 +86,24 @@ def partition_scores(xd: torch.Tensor, x_norm: torch.Tensor, d_norm: torch.Tenso
 
 
 def select_redundant(scores: torch.Tensor, group_of_row: torch.Tensor, rows_per_group: list[int], k: int,
-                     divisible: list[int]) -> torch.Tensor:
-    """Boolean mask of G_p: the top-``k`` scores; per group the kept rows rounded up to a multiple of ``divisible[g]``.
+                     divisible: list[int], max_fraction: float = 1.0) -> torch.Tensor:
+    """Boolean mask of G_p: the ``k`` highest scores, at most ``max_fraction`` of any group's rows (ours; 1.0 =
+    the paper), then per group the kept rows rounded up to a multiple of ``divisible[g]``.
 
     A group with ``rows <= divisible`` keeps all its rows; every group keeps at least one row.
     """
     mask = torch.zeros_like(scores, dtype=torch.bool)
-    if k > 0:
-        mask[torch.topk(scores, min(k, len(scores))).indices] = True
+    cap = [min(n - 1, int(math.floor(max_fraction * n))) for n in rows_per_group]
+    taken = [0] * len(rows_per_group)
+    chosen = 0
+    for r in torch.argsort(scores, descending=True).tolist():
+        if chosen >= k:
+            break
+        g = int(group_of_row[r])
+        if taken[g] < cap[g]:
+            mask[r] = True
+            taken[g] += 1
+            chosen += 1
     for g, n in enumerate(rows_per_group):
         rows = (group_of_row == g).nonzero().flatten()
         q = max(1, divisible[g])
@@ -131,7 +143,8 @@ class DHSPG(torch.optim.Optimizer):
                  second_momentum: float | None = None, dampening: float = 0.0, target_group_sparsity: float = 0.5,
                  tolerance_group_sparsity: float = 0.05, start_pruning_step: int = 0,
                  half_space_project_step: int | None = None, force_project_step: int | None = None,
-                 group_divisible: int = 1, fixed_zero_groups: bool = True) -> None:
+                 group_divisible: int = 1, fixed_zero_groups: bool = True,
+                 max_group_sparsity: float = 1.0) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}: choose one of {VARIANTS}")
         if not 0.0 < target_group_sparsity < 1.0:
@@ -142,6 +155,9 @@ class DHSPG(torch.optim.Optimizer):
             raise ValueError(f"epsilon={epsilon}: must lie in [0, 1)")
         if group_divisible < 1:
             raise ValueError(f"group_divisible={group_divisible}: must be >= 1")
+        if not 0.0 < max_group_sparsity <= 1.0:
+            raise ValueError(f"max_group_sparsity={max_group_sparsity}: must lie in (0, 1]")
+        self.max_group_sparsity = max_group_sparsity
         adam = variant != "sgd"
         defaults = dict(
             lr=lr,
@@ -219,7 +235,8 @@ class DHSPG(torch.optim.Optimizer):
         scores = partition_scores(torch.cat(xds), torch.cat(norms), torch.cat(dnorms), torch.cat(sizes))
         k = int(math.floor(self.num_rows * min(self.target + self.tolerance, 0.999)))
         divisible = [max(1, -(-self.group_divisible // z.unit)) for z in self.zigs]
-        mask = select_redundant(scores, torch.cat(owner), [z.num_rows for z in self.zigs], k, divisible)
+        mask = select_redundant(scores, torch.cat(owner), [z.num_rows for z in self.zigs], k, divisible,
+                                self.max_group_sparsity)
         self.redundant = list(mask.split([z.num_rows for z in self.zigs]))
 
     @torch.no_grad()

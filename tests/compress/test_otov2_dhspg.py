@@ -137,3 +137,11 @@ def test_forced_quota_ramps_linearly_to_the_target():
     assert forced_quota(5, 5, 15, 100) == 10
     assert forced_quota(9, 5, 15, 100) == 50
     assert forced_quota(14, 5, 15, 100) == 100 and forced_quota(40, 5, 15, 100) == 100
+
+
+def test_select_redundant_caps_the_fraction_of_one_group():
+    scores = torch.tensor([9.0, 8, 7, 6, 5, 4, 3, 2, 1, 0])
+    owner = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    mask = select_redundant(scores, owner, [4, 6], k=5, divisible=[1, 1], max_fraction=0.5)
+    assert int(mask[:4].sum()) == 2 and int(mask.sum()) == 5  # the rest of k comes from the other group
+    assert int(select_redundant(scores, owner, [4, 6], k=5, divisible=[1, 1])[:4].sum()) == 3  # paper: n - 1
