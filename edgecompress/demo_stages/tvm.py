@@ -1,6 +1,6 @@
 """Demo stage ``tvm`` (order 70): compile the demo's ONNX model with TVM for the host, check it against
-onnxruntime, time both in one interleaved run, and cross-compile a Raspberry Pi 4 bundle when the
-aarch64 cross compiler is installed."""
+onnxruntime, time both in one interleaved run, and (not under ``--quick``) cross-compile a Raspberry
+Pi 4 bundle when the aarch64 cross compiler is installed."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def tvm_stage(ctx: DemoContext, out: Path) -> dict:
                           "stats_ms": stats, "tvm_over_onnxruntime_median": round(ratio, 3)}}
     ctx.summary["tvm_median_ms"] = stats["tvm"]["median_ms"]
     ctx.summary["tvm_over_onnxruntime"] = round(ratio, 3)
-    if shutil.which("aarch64-linux-gnu-g++"):
+    if ctx.config.quick:
+        report["rpi4_bundle"] = "skipped under --quick (one more compile); tests/runtime covers rpi4/rpi5 builds"
+    elif shutil.which("aarch64-linux-gnu-g++"):
         bundle = compile_bundle(onnx_path, "tvm", "rpi4", out / "bundle-rpi4", threads=threads,
                                 cross_parity=False)  # the host build above checked the same import
         report["rpi4_bundle"] = {"path": str(bundle.name), "engine": "engine.so (aarch64 ELF, checked)",
