@@ -48,7 +48,7 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def model_and_data(name: str, epochs: int, weights: str | None = None):
+def model_and_data(name: str, epochs: int, weights: str | None = None, width: float = 0.5, size: int = 32):
     from edgecompress.nas import zoo
 
     torch.manual_seed(0)
@@ -56,8 +56,8 @@ def model_and_data(name: str, epochs: int, weights: str | None = None):
         from edgecompress.compress.train import TrainConfig, evaluate, train
         from edgecompress.data import digits_loaders
 
-        tr, va = digits_loaders(batch_size=64)
-        model = zoo.create("mobilenetv2_cifar", num_classes=10, width_mult=0.5)
+        tr, va = digits_loaders(batch_size=64, size=size)
+        model = zoo.create("mobilenetv2_cifar", num_classes=10, width_mult=width)
         if weights and Path(weights).is_file():
             from edgecompress.models import load_state_dict
 
@@ -70,7 +70,8 @@ def model_and_data(name: str, epochs: int, weights: str | None = None):
         calib = torch.cat([x for x, _ in tr])[:256].numpy()
         xs = torch.cat([x for x, _ in va]).numpy()
         ys = torch.cat([y for _, y in va]).numpy()
-        return model.eval(), calib, xs, ys, {"fp32_torch_val_accuracy": evaluate(model, va)}
+        return model.eval(), calib, xs, ys, {"fp32_torch_val_accuracy": evaluate(model, va), "width_mult": width,
+                                             "input_size": size, "train_epochs": epochs}
     model = zoo.create(name, num_classes=1000)
     g = torch.Generator().manual_seed(123)
     # random weights make activations vanish (the zoo MobileNetV2@224 outputs ~1e-9 logits, so SQNR and
@@ -112,7 +113,8 @@ def nncf_quantize(fp32: Path, calib: np.ndarray, out: Path) -> None:
 
 
 def bench_model(name: str, args, workdir: Path) -> dict:
-    model, calib, xs, ys, extra = model_and_data(name, args.epochs, args.digits_weights)
+    model, calib, xs, ys, extra = model_and_data(name, args.epochs, args.digits_weights, args.digits_width,
+                                                 args.digits_size)
     fp32 = workdir / f"{name}_fp32.onnx"
     export_onnx(model, torch.from_numpy(xs[:1]), fp32)
     paths = {"fp32": fp32}
@@ -203,6 +205,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["mobilenetv2", "resnet18", "digits"])
     p.add_argument("--out", default="bench/int8/results")
     p.add_argument("--epochs", type=int, default=4, help="digits training epochs")
+    p.add_argument("--digits-width", type=float, default=0.5, help="digits MobileNetV2 width multiplier")
+    p.add_argument("--digits-size", type=int, default=32, help="digits image size (the 8x8 digits are resized)")
     p.add_argument("--digits-weights", help="load the digits model's weights from here if the file exists, "
                                              "else train and save them here")
     p.add_argument("--warmup", type=int, default=10)
