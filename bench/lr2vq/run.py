@@ -197,6 +197,9 @@ def table(out: Path) -> str:
                     lines += [f"| {d} | {a:.4f} | {c:.4f} | {max(a, c):.4f} |" for d, a, c in
                               zip(curve["candidates"], curve["lowrank_error"], curve["clustering_error"], strict=True)]
         lines.append("")
+    notes = out / "notes.md"  # the reading of the numbers, written by hand after the run
+    if notes.is_file():
+        lines += [notes.read_text()]
     text = "\n".join(lines)
     write_text_atomic(out / "results.md", text)
     return text
