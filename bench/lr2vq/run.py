@@ -7,8 +7,8 @@ Usage (from the repository root; see README.md for the budget):
     .venv/bin/python bench/lr2vq/run.py --table bench/lr2vq/results   # results.md from the JSON files
 
 Each (m, k) is run twice: LR²VQ (d estimated from the weights) and PQ (d = m, P = I) with the same
-schedule and epochs; LR²VQ's ratio is never below PQ's at the same (m, k) (its codebook is k x d, not
-k x m), so "LR²VQ >= PQ in accuracy" there means at equal or higher compression. Results are written
+schedule and epochs; with d < m LR²VQ's ratio is above PQ's at the same (m, k) (its codebook is k x d,
+not k x m); with d = m it is slightly below (it also stores P). Results are written
 after every run (``<model>.json``), so an interrupted benchmark keeps what it finished.
 """
 
@@ -172,7 +172,7 @@ def table(out: Path) -> str:
         pairs = {}
         for r in rec["runs"]:
             pairs.setdefault((r["m"], r["k"]), {})[r["method"]] = r
-        lines += ["", "LR²VQ vs PQ at the same (m, k) (LR²VQ's ratio >= PQ's):", ""]
+        lines += ["", "LR²VQ vs PQ at the same (m, k) (LR²VQ's ratio is the higher one unless its d = m):", ""]
         for (m, k), p in pairs.items():
             if {"lr2vq", "pq"} <= set(p):
                 a, b = p["lr2vq"], p["pq"]
