@@ -13,6 +13,36 @@ from pathlib import Path
 from typing import Any
 
 
+def _default_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give (0o666 / 0o777 less the umask); mkstemp gives 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; it becomes ``path`` only if the block succeeds.
+
+    On success the file gets the permissions a normal write would give and is renamed over ``path``;
+    on any error it is removed, so a failed write leaves nothing behind.
+
+    >>> with atomic_path("out/model.onnx", ".onnx.tmp") as tmp:   # doctest: +SKIP
+    ...     write_somehow(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, _default_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write JSON to ``path`` through a temporary file and a rename: never half-written."""
     return write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
@@ -70,6 +100,7 @@ class RunDir:
         try:
             yield tmp, report
             write_json_atomic(tmp / "stage.json", report)
+            os.chmod(tmp, _default_mode(directory=True))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -80,14 +111,6 @@ class RunDir:
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write text to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

@@ -13,8 +13,6 @@ True
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -27,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.errors import BadInputError, CheckFailedError
+from edgecompress.fileio import atomic_path
 from edgecompress.runtime.engine import EngineOptions, load_engine
 
 DEFAULT_OPSET = 17
@@ -113,11 +112,7 @@ def export_onnx(
     in_names, out_names = _io_names(len(inputs), "input"), _io_names(len(outs), "output")
     dynamic_axes = {n: {0: "batch"} for n in in_names + out_names} if dynamic_batch else None
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path, ".onnx.tmp") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, inputs, str(tmp), opset_version=opset, input_names=in_names,
@@ -130,10 +125,6 @@ def export_onnx(
             onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         parity = check_parity(model, tmp, inputs, rtol, random_checks, dynamic_batch, seed)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     engine_io = load_engine(path, "onnxruntime", EngineOptions(threads=1))
     return ExportReport(
         path=str(path), opset=opset, exporter="torchscript (dynamo=False)", size_bytes=path.stat().st_size,

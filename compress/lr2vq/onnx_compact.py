@@ -25,8 +25,6 @@ export module.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -40,6 +38,7 @@ from onnx import helper, numpy_helper
 from edgecompress.compress.lr2vq.block import LR2VQLayer
 from edgecompress.errors import CheckFailedError
 from edgecompress.export.onnx import check_parity, export_onnx
+from edgecompress.fileio import atomic_path
 
 
 def dense_copy(model: nn.Module) -> nn.Module:
@@ -82,11 +81,7 @@ def export_compact_onnx(model: nn.Module, example: torch.Tensor, path: str | Pat
     blocks = [m for m in model.modules() if isinstance(m, LR2VQLayer)]
     if any(b.phase != "frozen" for b in blocks):
         raise ValueError("export_compact_onnx: freeze the model first (every LR2VQLayer in phase 'frozen')")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".onnx.tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path, ".onnx.tmp") as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), str(tmp), opset_version=opset, input_names=["input"],
@@ -101,10 +96,6 @@ def export_compact_onnx(model: nn.Module, example: torch.Tensor, path: str | Pat
                                    "the codebook lookup was folded away")
         onnx.save(proto, str(tmp))
         parity = check_parity(model, tmp, (example,), rtol=rtol)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return {"path": str(path), "bytes": path.stat().st_size, "opset": opset, "op_counts": dict(ops),
             "fp16_initializers": converted, "max_rel_error": max(p["max_rel_error"] for p in parity),
             "parity": parity}

@@ -25,9 +25,7 @@ stored tensor is copied in.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import torch.nn as nn
 from edgecompress.compress.lr2vq.accounting import is_folded_bn, stored_state
 from edgecompress.compress.lr2vq.block import LR2VQLayer, code_bits
 from edgecompress.errors import BadInputError
+from edgecompress.fileio import atomic_path
 
 MAGIC = b"ECVQ\x00\x00\x00\x01"
 _FLOAT_DTYPES = {"float16": np.float16}
@@ -94,17 +93,10 @@ def save_compact(model: nn.Module, path: str | Path, meta: dict | None = None) -
     header = zlib.compress(json.dumps({"format": "edgecompress-lr2vq", "version": 1, "tensors": tensors,
                                        "layers": layer_meta, "folded_bn": folded, "meta": meta or {}},
                                       separators=(",", ":")).encode(), 9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + struct.pack("<I", len(header)) + header)
-            for blob in blobs:
-                f.write(blob)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(MAGIC + struct.pack("<I", len(header)) + header)
+        for blob in blobs:
+            f.write(blob)
     payload = sum(len(b) for b in blobs)
     return {"path": str(path), "bytes": path.stat().st_size, "payload_bytes": payload,
             "header_bytes": len(MAGIC) + 4 + len(header), "tensors": len(tensors)}

@@ -51,3 +51,13 @@ def test_relative_error():
     assert relative_error([1.0, 2.0], [1.0, 2.0]) == 0.0
     assert relative_error([1.0, 2.2], [1.0, 2.0]) == pytest.approx(0.1)
     assert relative_error([1.0], [1.0, 2.0]) == float("inf")
+
+
+def test_exported_file_has_normal_permissions(tmp_path):
+    import os
+
+    path = tmp_path / "m.onnx"
+    export_onnx(small_net(), torch.randn(1, 3, 8, 8), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
