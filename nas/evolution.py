@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecompress.errors import BadInputError
+from edgecompress.errors import BadInputError, CheckFailedError
 from edgecompress.nas.predictor import LatencyPredictor, MeasureSettings, measure_onnx
 from edgecompress.nas.qt_score import LossFn, QTConfig, capacity_loss, qt_score
 from edgecompress.nas.space import Hyperspace, Space, Subnet
@@ -241,20 +241,28 @@ def search_subnets(supernet, predictor: LatencyPredictor, limit_ms: float, train
         to_measure = ranked[: config.measure_top]
         if fastest not in to_measure:
             to_measure.append(fastest)
+        failed: dict[Subnet, str] = {}
         for i, s in enumerate(to_measure):
             path = work / f"candidate_{i}.onnx"
             model = subnet_model(supernet, s, calib, bn_batches=config.bn_batches)
-            export_subnet(model, path, space.input_size, calib[0][0])
             row = evaluated[s]
+            try:
+                export_subnet(model, path, space.input_size, calib[0][0])
+            except CheckFailedError as exc:  # recorded as a rejection, the search goes on
+                failed[s] = str(exc)
+                continue
             row["fake_quant_accuracy"] = evaluate(model, val_loader)  # the very model exported
             row["measured_ms"] = measure_onnx(path, config.settings)
             row["onnx_int8_accuracy"] = _onnx_accuracy(path, val_loader)
             row["onnx"] = path.name
+        to_measure = [s for s in to_measure if s not in failed]
         measured = [s for s in to_measure if evaluated[s]["measured_ms"] <= limit_ms]
         points = [(evaluated[s]["onnx_int8_accuracy"], evaluated[s]["measured_ms"]) for s in measured]
         front = {measured[i] for i in pareto_front(points)}
         for s, row in evaluated.items():
-            if s not in to_measure:
+            if s in failed:
+                row.update(status="rejected", reason=f"INT8 export check failed: {failed[s]}")
+            elif s not in to_measure:
                 row.update(status="rejected", reason=f"fake-quant accuracy not in the top {config.measure_top}; "
                                                      "not measured")
             elif row["measured_ms"] > limit_ms:
