@@ -21,9 +21,13 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/edgecompress demo -o runs/demo
 
-# CI runs this. gpu/tensorrt tests are skipped by their markers (conftest says why).
+# CI runs this. gpu/tensorrt/slow tests are skipped by their markers (conftest says why).
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything that runs without a GPU, full-size models included (tens of minutes on 2 cores).
+test-all: setup
+	EDGECOMPRESS_SLOW=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 bench: setup
 	$(BIN)/python bench/run_all.py

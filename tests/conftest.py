@@ -26,7 +26,11 @@ def _has_tensorrt() -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu = _has_nvidia_gpu()
     trt = _has_tensorrt()
+    run_slow = os.environ.get("EDGECOMPRESS_SLOW") == "1"
     for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow (full-size models, minutes on 2 cores): `make test-all` "
+                                                    "or EDGECOMPRESS_SLOW=1 runs it"))
         if "gpu" in item.keywords and not gpu:
             item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU; CI and the dev machines have none "
                                                     "(run on a lent GPU machine)"))
