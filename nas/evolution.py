@@ -111,6 +111,7 @@ class SubnetSearchConfig:
     mutate_prob: float = 0.3
     measure_top: int = 4
     bn_batches: int = 5
+    min_agreement: float = 0.9
     settings: MeasureSettings = MeasureSettings()
     seed: int = 0
 
@@ -185,7 +186,8 @@ def search_subnets(supernet, predictor: LatencyPredictor, limit_ms: float, train
         # 1. reachability, on the measured fastest subnet
         fastest = space.min_subnet()
         model = subnet_model(supernet, fastest, calib, bn_batches=config.bn_batches)
-        export_subnet(model, work / "fastest.onnx", space.input_size, calib[0][0])
+        export_subnet(model, work / "fastest.onnx", space.input_size, calib[0][0],
+                      min_agreement=config.min_agreement)
         fastest_ms = measure_onnx(work / "fastest.onnx", config.settings)
         if fastest_ms > limit_ms:
             raise BadInputError(
@@ -247,7 +249,7 @@ def search_subnets(supernet, predictor: LatencyPredictor, limit_ms: float, train
             model = subnet_model(supernet, s, calib, bn_batches=config.bn_batches)
             row = evaluated[s]
             try:
-                export_subnet(model, path, space.input_size, calib[0][0])
+                export_subnet(model, path, space.input_size, calib[0][0], min_agreement=config.min_agreement)
             except CheckFailedError as exc:  # recorded as a rejection, the search goes on
                 failed[s] = str(exc)
                 continue
