@@ -29,8 +29,17 @@ test: setup
 test-all: setup
 	EDGECOMPRESS_SLOW=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
+# Every committed benchmark, with the command that produced its results (hours on 2 cores; each
+# bench/<topic>/README.md lists more options). Run on a quiet machine: the figures are latencies.
 bench: setup
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/int8/run.py --rounds 5 --repeats 20
+	$(BIN)/python bench/profiler/run.py
+	$(BIN)/python bench/tvm/bench_tvm.py --trials 0 --repeats 20 --rounds 3
+	OMP_NUM_THREADS=1 $(BIN)/python bench/otov2/run.py --model resnet20 --epochs 3
+	OMP_NUM_THREADS=1 $(BIN)/python bench/otov2/run.py --model mobilenetv2_cifar --width 0.5 --epochs 3
+	$(BIN)/python bench/otov2/table.py
+	$(BIN)/python bench/lr2vq/run.py --model resnet20 --out bench/lr2vq/results
+	$(BIN)/python bench/spaceevo/predictor_accuracy.py
 
 lint: setup
 	$(BIN)/ruff check .
