@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     run_slow = os.environ.get("EDGECOMPRESS_SLOW") == "1"
     for item in items:
         if "slow" in item.keywords and not run_slow:
-            item.add_marker(pytest.mark.skip(reason="slow (full-size models, minutes on 2 cores): `make test-all` "
+            item.add_marker(pytest.mark.skip(reason="slow tier (full-size models or timing-sensitive): `make test-all` "
                                                     "or EDGECOMPRESS_SLOW=1 runs it"))
         if "gpu" in item.keywords and not gpu:
             item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU; CI and the dev machines have none "
