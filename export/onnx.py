@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from edgecompress.errors import BadInputError, CheckFailedError
 from edgecompress.fileio import atomic_path
-from edgecompress.runtime.engine import EngineOptions, load_engine
+from edgecompress.runtime.engine import EngineOptions, load_engine, relative_error
 
 DEFAULT_OPSET = 17
 
@@ -50,15 +50,6 @@ class ExportReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """max |actual - expected| / max |expected| (the scale of the reference output)."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
-        return float("inf")
-    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-12)
-    return float(np.abs(actual - expected).max(initial=0.0)) / scale
 
 
 def _as_tuple(example_inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -47,7 +47,7 @@ import numpy as np
 
 from edgecompress.errors import BadInputError, CheckFailedError, MissingDependencyError
 from edgecompress.fileio import write_json_atomic
-from edgecompress.runtime.engine import RUNTIMES, Engine, EngineOptions, TensorSpec
+from edgecompress.runtime.engine import RUNTIMES, Engine, EngineOptions, TensorSpec, relative_error
 from edgecompress.runtime.tvm_targets import cross_compiler, is_cross, target_spec
 
 EM_AARCH64 = 183
@@ -355,15 +355,6 @@ def configure_threads(threads: int | None) -> int:
     n = threads or usable_cores()
     tvm.get_global_func("runtime.config_threadpool")(1, n)
     return n
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """``max|actual - expected| / max|expected|`` (inf when shapes differ); the export check's formula."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    if actual.shape != expected.shape:
-        return float("inf")
-    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-12)
-    return float(np.abs(actual - expected).max(initial=0.0)) / scale
 
 
 class TvmEngine(Engine):

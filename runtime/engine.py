@@ -135,6 +135,15 @@ class Engine(ABC):
         return measure(lambda: self._run(checked), warmup=warmup, repeats=repeats)
 
 
+def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max|actual - expected| / max|expected|`` (inf when shapes differ): every parity check's formula."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        return float("inf")
+    scale = max(float(np.abs(expected).max(initial=0.0)), 1e-12)
+    return float(np.abs(actual - expected).max(initial=0.0)) / scale
+
+
 EngineFactory = Callable[[Path, EngineOptions], Engine]
 RUNTIMES: Registry[EngineFactory] = Registry("runtime")
 _discovered = False
