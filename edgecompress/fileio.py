@@ -43,6 +43,27 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory beside ``path``; it replaces ``path`` only if the block succeeds.
+
+    On success the directory gets the permissions a normal ``mkdir`` would give (mkdtemp gives 0700),
+    an older ``path`` is removed and the new one renamed into place; on any error it is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        yield tmp
+        os.chmod(tmp, _default_mode(directory=True))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     """Write JSON to ``path`` through a temporary file and a rename: never half-written."""
     return write_text_atomic(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
@@ -94,19 +115,10 @@ class RunDir:
     @contextmanager
     def stage(self, name: str) -> Iterator[tuple[Path, dict]]:
         """Yields ``(tmp_dir, report)``; fill the report dict, it is saved as ``stage.json``."""
-        final = self.root / name
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{name}."))
         report: dict = {}
-        try:
+        with atomic_dir(self.root / name) as tmp:
             yield tmp, report
             write_json_atomic(tmp / "stage.json", report)
-            os.chmod(tmp, _default_mode(directory=True))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -35,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from edgecompress.errors import BadInputError
-from edgecompress.fileio import sha256_file, write_json_atomic
+from edgecompress.fileio import atomic_dir, atomic_path, sha256_file, write_json_atomic
 from edgecompress.registry import Registry
 from edgecompress.runtime.engine import Engine, EngineOptions, TensorSpec, discover_backends
 
@@ -99,9 +99,7 @@ def compile_bundle(onnx_path: str | Path, runtime: str, device: str, out_dir: st
     fmt = BUNDLE_FORMATS.get(runtime)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
         raise BadInputError(f"{out_dir}: exists and is not a bundle; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         shutil.copyfile(onnx_path, tmp / MODEL)
         start = time.perf_counter()
         part = fmt.build(BuildRequest(tmp / MODEL, device, tmp, threads, tune_trials, precision, cross_parity))
@@ -123,12 +121,6 @@ def compile_bundle(onnx_path: str | Path, runtime: str, device: str, out_dir: st
             "stage_reports": dict(stage_reports or {}),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     if archive:
         return write_archive(out_dir)
     return out_dir
@@ -138,15 +130,9 @@ def write_archive(bundle_dir: str | Path) -> Path:
     """``<bundle_dir>.tar.gz`` with the bundle's files under one top folder, written atomically."""
     bundle_dir = Path(bundle_dir)
     target = bundle_dir.with_name(bundle_dir.name + ".tar.gz")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for p in sorted(bundle_dir.iterdir()):
-                tar.add(p, arcname=f"{bundle_dir.name}/{p.name}", recursive=False)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(target) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for p in sorted(bundle_dir.iterdir()):
+            tar.add(p, arcname=f"{bundle_dir.name}/{p.name}", recursive=False)
     return target
 
 
