@@ -26,8 +26,19 @@ class CalibrationSet:
     labels: np.ndarray | None
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        for i in range(0, self.x.shape[0], batch_size):
-            yield self.x[i:i + batch_size]
+        """Batches of exactly ``batch_size`` samples (fewer only when there are fewer samples in all).
+
+        onnxruntime's histogram calibrators (percentile, entropy) stack the per-batch activations and
+        fail on a short last batch, so that batch is filled up with samples from the start (repeating a
+        few samples leaves min-max ranges unchanged and shifts histograms negligibly).
+        """
+        n = self.x.shape[0]
+        batch_size = min(batch_size, n)
+        for i in range(0, n, batch_size):
+            b = self.x[i:i + batch_size]
+            if b.shape[0] < batch_size:
+                b = np.concatenate([b, self.x[:batch_size - b.shape[0]]])
+            yield b
 
 
 def _to_numpy(t, what: str) -> np.ndarray:

@@ -160,3 +160,11 @@ def test_layer_onnxruntime_cannot_run_in_int8_is_named_not_counted(tmp_path):
     assert (pl["layers"], pl["int8_layers"], pl["float_layers"]) == (3, 2, 1)
     assert pl["float_layer_names"] == ["/2/ConvTranspose"]
     assert pl["runtime_ops"]["ConvTranspose"] == 1
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_calibration_with_a_short_last_batch(tiny, tmp_path, method):
+    # 45 samples in batches of 32: onnxruntime's histogram collectors cannot stack a short last batch
+    res = quantize(tiny, _loader(45), Int8Config(calibration=method, **NO_FLOORS), output=tmp_path / "m_int8.onnx")
+    assert res.report["calibration"] == {"method": method, "samples": 45}
+    assert res.report["placement"]["float_layers"] == 0
