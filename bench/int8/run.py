@@ -7,7 +7,7 @@ per-channel, U8 activations / S8 weights, MinMax), and ``nncf.quantize`` default
 
 Models: MobileNetV2@224 and ResNet-18@224 with random weights and BN statistics re-estimated on random
 images (calibration: 32 random N(0,1) images, checks: 64 others, as the anchors), and the CIFAR-style
-MobileNetV2 (width 0.5) trained on digits (calibration: 256 training images, checks and accuracy: the 360
+MobileNetV2 (width 0.5) trained on digits (calibration: the 1437 training images, checks and accuracy: the 360
 validation images).
 
 Usage: .venv/bin/python bench/int8/run.py [--models mobilenetv2 resnet18 digits] [--out bench/int8/results]
@@ -67,7 +67,7 @@ def model_and_data(name: str, epochs: int, weights: str | None = None, width: fl
                                              warmup_epochs=0.5, progress=False))
             if weights:
                 torch.save(model.state_dict(), weights)
-        calib = torch.cat([x for x, _ in tr])[:256].numpy()
+        calib = torch.cat([x for x, _ in tr]).numpy()  # the whole training set (1437 images)
         xs = torch.cat([x for x, _ in va]).numpy()
         ys = torch.cat([y for _, y in va]).numpy()
         return model.eval(), calib, xs, ys, {"fp32_torch_val_accuracy": evaluate(model, va), "width_mult": width,

@@ -21,6 +21,9 @@ class Int8Config:
     without VNNI, where onnxruntime's U8S8 kernels (``vpmaddubsw``) saturate int16 pair sums: measured on
     the AVX2 dev machine, full-range weights cost a digits MobileNetV2 ~15 dB of SQNR (9.6 vs 24-26 dB).
 
+    ``calibration_samples`` caps how many samples are read from the calibration data (default 1024: on the
+    digits MobileNetV2 min-max ranges from all 1437 training images lost 0.28 point against 0.56 from 256).
+
     Floors (``None`` disables one): the output SQNR against FP32 must reach ``min_sqnr_db``; when the
     calibration data carries labels, accuracy may drop at most ``max_accuracy_drop`` (a fraction, 0.01
     = one point). Below a floor ``quantize`` raises ``CheckFailedError``.
@@ -33,7 +36,7 @@ class Int8Config:
     target_runtime: str = "onnxruntime"
     calibration: str = "minmax"
     percentile: float = 99.99
-    calibration_samples: int = 256
+    calibration_samples: int = 1024
     per_channel: bool = True
     reduce_range: bool | None = None
     min_sqnr_db: float | None = 10.0

@@ -24,7 +24,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("ptq", "qat"), default="ptq")
     p.add_argument("--target-runtime", choices=("onnxruntime", "tensorrt", "tvm"), default="onnxruntime")
     p.add_argument("--calibration", choices=("minmax", "percentile", "entropy"), default="minmax")
-    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("--calibration-samples", type=int, default=1024)
     p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weights (auto: on for x86 CPUs without VNNI)")
     p.add_argument("--min-sqnr-db", type=_floor, default=10.0, help="SQNR floor in dB, or 'none' (default 10)")

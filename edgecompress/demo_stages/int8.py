@@ -26,7 +26,7 @@ def int8_stage(ctx: DemoContext, out: Path) -> dict:
 
     quick = ctx.config.quick
     # the quick demo trains one epoch: its accuracy is near chance, so only the SQNR floor applies there
-    config = Int8Config(calibration_samples=64 if quick else 256, max_accuracy_drop=None if quick else 0.01)
+    config = Int8Config(calibration_samples=64 if quick else 1024, max_accuracy_drop=None if quick else 0.01)
     result = quantize(ctx.model, ctx.train_loader, config, output=out / "model_int8.onnx", eval_data=ctx.val_loader)
     report = result.report
     threads = ctx.config.threads or 2
