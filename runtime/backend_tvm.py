@@ -251,8 +251,9 @@ def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, 
           ) -> dict[str, Any]:
     """Run MetaSchedule unless the cached database already holds at least this budget.
 
-    The search runs in a child process: a crash inside TVM's tuner (TVM 0.27's ``TuneContextInitialize``
-    segfaulted on this project's machines) becomes an error naming its exit status, not the caller's end.
+    The search runs in a child process: a crash inside TVM's tuner (the apache-tvm 0.27.0.post1 wheel with
+    apache-tvm-ffi 0.1.15 segfaults in ``TuneContextInitialize``; pyproject pins the ffi below 0.1.15)
+    becomes an error naming its exit status, not the caller's end.
     """
     import subprocess
     import sys
@@ -290,12 +291,53 @@ def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, 
     return info
 
 
+def import_tensor_intrinsics() -> None:
+    """Import ``tvm.s_tir.tensor_intrin`` (MetaSchedule's builder and tuner both do) in seconds, not minutes.
+
+    The module parses ~500 TVMScript intrinsics (CUDA, Metal, ROCm, ...) at import; TVMScript's decorator
+    calls ``inspect.stack()`` for each, and ``inspect.stack`` resolves every frame's module by scanning
+    ``sys.modules`` (``inspect.getmodule``): 55 s on the 2-core dev machine per process, so MetaSchedule's
+    default 30 s builder timeout failed every trial. The parser only uses each frame's ``frame``,
+    ``lineno`` and ``code_context``, so while importing, ``inspect.stack`` builds those from the frame
+    objects and ``linecache`` directly (module-lookup free). Restored afterwards.
+    """
+    import inspect
+    import linecache
+    import sys
+
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return
+
+    def fast_stack(context: int = 1) -> list:
+        frames, frame = [], sys._getframe(1)
+        while frame is not None:
+            filename, lineno = frame.f_code.co_filename, frame.f_lineno
+            line = linecache.getline(filename, lineno)
+            frames.append(inspect.FrameInfo(frame, filename, lineno, frame.f_code.co_name,
+                                            [line] if line and context > 0 else None, 0 if line else None))
+            frame = frame.f_back
+        return frames
+
+    original = inspect.stack
+    inspect.stack = fast_stack
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.stack = original
+
+
 def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_task: int, work_dir: Path) -> None:
-    """The child process of ``_tune``: MetaSchedule over every fused operator, records into ``work_dir``."""
+    """The child process of ``_tune``: MetaSchedule over every fused operator, records into ``work_dir``.
+
+    Builder workers import the intrinsics through ``import_tensor_intrinsics`` (their initializer) and get
+    a generous timeout: a worker's first build on a loaded 2-core machine can take tens of seconds.
+    """
     import importlib.util
 
     import tvm
     from tvm.s_tir import meta_schedule as ms
+
+    import_tensor_intrinsics()
 
     target = tvm.target.Target(dict(spec))
     mod = _lower(import_onnx(onnx_path, batch)[0], target)
@@ -307,7 +349,10 @@ def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_tas
                                     max_trials_global=trials_per_task * len(tasks),
                                     max_trials_per_task=trials_per_task,
                                     num_trials_per_iter=min(64, max(trials_per_task, 2)), cost_model=cost_model,
-                                    seed=0)
+                                    builder=ms.builder.LocalBuilder(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                                                    timeout_sec=300,
+                                                                    initializer=import_tensor_intrinsics),
+                                    runner=ms.runner.LocalRunner(timeout_sec=60), seed=0)
     write_json_atomic(work_dir / "edgecompress.json",
                       {"trials_per_task": trials_per_task, "tasks": len(tasks), "target": dict(spec),
                        "cost_model": cost_model, "seconds": round(time.perf_counter() - t0, 1),

@@ -20,7 +20,7 @@ from edgecompress.runtime.backend_tvm import (
     elf_machine,
     tuning_dir,
 )
-from edgecompress.runtime.engine import EngineOptions, load_engine
+from edgecompress.runtime.engine import EngineOptions, load_engine, relative_error
 from edgecompress.runtime.tvm_targets import is_cross, target_spec
 
 pytestmark = pytest.mark.tvm
@@ -163,3 +163,27 @@ def test_a_crashing_tuner_is_an_error_not_a_crash(small_onnx, tmp_path, monkeypa
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, -11, "", "Segfault\n"))
     with pytest.raises(EdgeCompressError, match=r"exit status -11\): Segfault"):
         compile_tvm(small_onnx, TvmCompileConfig(trials_per_task=2, cache_dir=tmp_path))
+
+
+def test_tensor_intrinsics_import_fast_and_leave_inspect_alone():
+    import inspect
+
+    from edgecompress.runtime.backend_tvm import import_tensor_intrinsics
+
+    original = inspect.stack
+    import_tensor_intrinsics()
+    import tvm
+
+    assert inspect.stack is original
+    assert tvm.s_tir.TensorIntrin.get("dot_16x4_vnni") is not None  # an x86 intrinsic MetaSchedule may use
+
+
+@pytest.mark.slow
+def test_metaschedule_tunes_and_the_records_are_applied(small_onnx, tmp_path):
+    build = compile_tvm(small_onnx, TvmCompileConfig(trials_per_task=2, cache_dir=tmp_path))
+    assert build.report["tuning"]["searched"] is True and build.report["tuning"]["tasks"] >= 1
+    assert build.report["schedules"]["metaschedule"] >= 1
+    engine = load_engine(small_onnx, "tvm", EngineOptions(extra={"tune_trials": 2, "cache_dir": str(tmp_path)}))
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ort_out = load_engine(small_onnx, "onnxruntime").run([x])[0]
+    assert relative_error(engine.run([x])[0], ort_out) < 1e-4
