@@ -34,7 +34,7 @@ test-all: setup
 bench: setup
 	$(BIN)/python bench/int8/run.py --rounds 5 --repeats 20
 	$(BIN)/python bench/profiler/run.py
-	$(BIN)/python bench/tvm/bench_tvm.py --trials 0 --repeats 20 --rounds 3
+	$(BIN)/python bench/tvm/bench_tvm.py --trials 0 16 --repeats 20 --rounds 3
 	OMP_NUM_THREADS=1 $(BIN)/python bench/otov2/run.py --model resnet20 --epochs 3
 	OMP_NUM_THREADS=1 $(BIN)/python bench/otov2/run.py --model mobilenetv2_cifar --width 0.5 --epochs 3
 	$(BIN)/python bench/otov2/table.py

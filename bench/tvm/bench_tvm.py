@@ -44,7 +44,10 @@ def bench_model(key: str, trials: list[int], threads: int, repeats: int, rounds:
     for n in trials:
         t0 = time.perf_counter()
         try:
-            engine, build = build_engine(path, TvmCompileConfig(trials_per_task=n), threads=threads)
+            # 0 trials means "no search", but records cached by an earlier tuned run would still be applied:
+            # the untuned baseline compiles against an empty cache of its own
+            cache = {"cache_dir": work / "untuned-cache"} if n == 0 else {}
+            engine, build = build_engine(path, TvmCompileConfig(trials_per_task=n, **cache), threads=threads)
         except Exception as exc:  # noqa: BLE001 - a failed candidate is reported, the others still run
             builds[f"tvm_trials{n}"] = {"error": f"{type(exc).__name__}: {exc}"}
             print(f"[{key}] tvm trials={n}: FAILED {exc}", flush=True)
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "host": {"cpu": cpu_model(), "cores": usable_cores(), "machine": platform.machine(),
                        "load_avg_at_start": os.getloadavg()},
-              "versions": {p: package_version(p) for p in ("apache-tvm", "onnxruntime", "torch")},
+              "versions": {p: package_version(p) for p in ("apache-tvm", "apache-tvm-ffi", "onnxruntime", "torch")},
               "settings": {"threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
                            "trials_per_task": args.trials, "batch": 1},
               "source": "measured", "models": {}}
