@@ -135,7 +135,7 @@ def test_estimate_errors_split_exactly_and_pick_the_crossing():
     w = torch.randn(256, 2, generator=g) @ torch.randn(2, 8, generator=g)
     lowrank, clustering = layer_curves(w, 8, [1, 2, 4, 8])
     assert lowrank[1] == pytest.approx(0.0, abs=1e-6) and lowrank[0] > 0
-    est = estimate_d([("w", w, 8)], m=8, candidates=[1, 2, 4, 8])
+    est = estimate_d([("w", w, 32)], m=8, candidates=[1, 2, 4, 8])  # 32 codewords: 2-d clustering error is small
     assert est.d == 2
     i = est.candidates.index(2)
     assert est.as_dict()["total_error"][i] == pytest.approx(est.lowrank_error[i] + est.clustering_error[i])
@@ -146,3 +146,19 @@ def test_estimate_errors_split_exactly_and_pick_the_crossing():
     lr, cl = layer_curves(w2, 4, [3], iters=10, seed=0)
     rebuilt = c[codes] @ p.t()
     assert float(((w2 - rebuilt) ** 2).sum()) == pytest.approx(lr[0] + cl[0], rel=1e-3)
+
+
+def test_estimate_weighs_the_lowrank_error():
+    from edgecompress.compress.lr2vq.estimate import DEstimate
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(512, 8, generator=g)  # full rank: e_lr falls linearly-ish, e_c rises with d
+    plain = estimate_d([("w", w, 16)], m=8, lowrank_weight=1.0)
+    weighted = estimate_d([("w", w, 16)], m=8)
+    assert weighted.lowrank_weight == 0.5 and weighted.d <= plain.d
+    i = weighted.candidates.index(weighted.d)
+    score = [max(0.5 * a, b) for a, b in zip(weighted.lowrank_error, weighted.clustering_error, strict=True)]
+    assert score[i] == min(score)
+    assert "w * e_lr" in DEstimate(1, [1], [0.0], [0.0]).rule
+    with pytest.raises(ValueError, match="lowrank_weight"):
+        estimate_d([("w", w, 16)], m=8, lowrank_weight=0.0)
