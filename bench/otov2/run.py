@@ -35,10 +35,13 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=0.5, help="width_mult for mobilenetv2_cifar")
     p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3, 0.7])
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--warmup", type=float, default=0.0, help="lr warm-up epochs, the same for every method")
+    p.add_argument("--group-divisible", type=int, default=1, help="OTOv2 kept-channel multiple")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="bench/otov2/results")
+    p.add_argument("--tag", default="", help="suffix of the results file name (results/<model>_<tag>.json)")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
     onnx_dir = out / "onnx"
     onnx_dir.mkdir(exist_ok=True)
     tag = args.model if args.model == "resnet20" else f"{args.model}_w{args.width}"
-    path = out / f"{tag}.json"
+    path = out / f"{tag}{'_' + args.tag if args.tag else ''}.json"
     train_dl, val_dl = digits_loaders(batch_size=64, seed=0)
     example = next(iter(val_dl))[0][:1]
     kw = {"width_mult": args.width} if args.model == "mobilenetv2_cifar" else {}
@@ -69,7 +72,8 @@ def main(argv=None) -> int:
         return ec.zoo.create(args.model, num_classes=10, **kw)
 
     def tcfg(epochs: int) -> TrainConfig:
-        return TrainConfig(epochs=epochs, optimizer="adamw", lr=3e-3, weight_decay=0.05, seed=0, progress=False)
+        return TrainConfig(epochs=epochs, optimizer="adamw", lr=3e-3, weight_decay=0.05, seed=0, progress=False,
+                           warmup_epochs=min(args.warmup, epochs / 2))
 
     res = {"model": tag, "data": "sklearn digits 32x32x3, 1437 train / 360 val", "epochs": args.epochs,
            "host": host_info(), "torch_threads": args.threads, "torch_pruning": tp.__version__,
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
     def trained(name: str, epochs: int) -> nn.Module:
         """A fresh model trained ``epochs`` epochs, reloaded from OUT/ckpt when an earlier run saved it."""
         m = fresh()
-        f = ckpt / f"{tag}_{name}_e{epochs}.pt"
+        f = ckpt / f"{tag}_{name}_e{epochs}{f'_warm{args.warmup:g}' if args.warmup else ''}.pt"
         if f.is_file():
             m.load_state_dict(torch.load(f, weights_only=True))
         else:
@@ -137,7 +141,8 @@ def main(argv=None) -> int:
     for s in args.targets:
         key = f"{s:.1f}"
         t0 = time.perf_counter()
-        cfg = ec.OTOv2Config(target_group_sparsity=s, epochs=args.epochs, progress=False)
+        cfg = ec.OTOv2Config(target_group_sparsity=s, epochs=args.epochs, progress=False, warmup_epochs=args.warmup,
+                             group_divisible=args.group_divisible)
         result = ec.prune(fresh(), example, train_dl, cfg, val_dl)
         r = result.report
         models[f"otov2@{key}"] = result.model.eval()

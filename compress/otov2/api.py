@@ -130,6 +130,7 @@ class OTOv2Config:
     ``force_project_fraction`` set, the zero rows are raised linearly to the target by that point (see
     ``dhspg.forced_quota``), so the rest of training recovers with the final widths. ``epsilon`` 0.9 follows
     the OTOv2 tutorials. ``max_group_sparsity`` (ours) keeps at least a quarter of every group by default.
+    ``warmup_epochs``: linear learning-rate warm-up before the cosine decay, as in ``TrainConfig``.
     """
 
     target_group_sparsity: float = 0.5
@@ -144,6 +145,7 @@ class OTOv2Config:
     force_project_fraction: float | None = 0.4
     group_divisible: int = 1
     max_group_sparsity: float = 0.75
+    warmup_epochs: float = 0.0
     rtol: float = 1e-5
     seed: int = 0
     progress: bool = True
@@ -173,6 +175,8 @@ class OTOv2Config:
             raise ValueError(f"max_group_sparsity={self.max_group_sparsity}: must lie in (0, 1]")
         if self.rtol <= 0:
             raise ValueError(f"rtol={self.rtol}: must be > 0")
+        if not 0.0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs={self.warmup_epochs}: must lie in [0, epochs={self.epochs})")
 
 
 def prune(model: nn.Module, example_inputs: torch.Tensor, train_data, config: OTOv2Config = OTOv2Config(),
@@ -210,7 +214,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, train_data, config: OT
                             else int(config.force_project_fraction * total)),
         group_divisible=config.group_divisible, max_group_sparsity=config.max_group_sparsity)
     tcfg = TrainConfig(epochs=config.epochs, optimizer="adamw" if config.variant != "sgd" else "sgd", lr=config.lr,
-                       weight_decay=config.weight_decay, seed=config.seed, progress=config.progress)
+                       weight_decay=config.weight_decay, seed=config.seed, progress=config.progress,
+                       warmup_epochs=config.warmup_epochs)
     logs = train(model, train_data, val_data, tcfg, optimizer=opt, desc="dhspg")
     model.eval()
     check = example

@@ -16,6 +16,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--variant", default="adamw", choices=("sgd", "adam", "adamw"))
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warm-up before the cosine decay")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--group-divisible", type=int, default=1, help="kept channels per group: a multiple of this")
     p.add_argument("--seed", type=int, default=0)
@@ -31,7 +32,8 @@ def _run(args: argparse.Namespace) -> tuple[dict, str]:
     from edgecompress.fileio import write_json_atomic
 
     config = OTOv2Config(target_group_sparsity=args.target_sparsity, epochs=args.epochs, variant=args.variant,
-                         lr=args.lr, group_divisible=args.group_divisible, seed=args.seed)
+                         lr=args.lr, group_divisible=args.group_divisible, seed=args.seed,
+                         warmup_epochs=args.warmup_epochs)
     model, _ = model_and_input(args)
     train_dl, val_dl = load(args.data, batch_size=args.batch_size, seed=args.seed)
     example = sample_batch(val_dl, 1)

@@ -25,7 +25,7 @@ def test_prune_returns_a_checked_smaller_model_with_a_report():
     model = zoo.create("resnet_cifar_tiny", num_classes=2)
     data = _tiny_data()
     cfg = OTOv2Config(target_group_sparsity=0.5, epochs=2, start_pruning_fraction=0.2, force_project_fraction=0.5,
-                      progress=False)
+                      warmup_epochs=0.5, progress=False)
     result = prune(model, torch.randn(1, 3, 32, 32), data, cfg, val_data=data)
     r = result.report
     assert abs(r["group_sparsity"] - 0.5) <= cfg.tolerance_group_sparsity
@@ -64,6 +64,8 @@ def test_config_rejects_bad_values():
         OTOv2Config(target_group_sparsity=0.0)
     with pytest.raises(ValueError, match="epochs"):
         OTOv2Config(epochs=0)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        OTOv2Config(epochs=2, warmup_epochs=2)
     with pytest.raises(ValueError, match="force_project_fraction"):
         OTOv2Config(start_pruning_fraction=0.5, force_project_fraction=0.2)
 
