@@ -1,10 +1,11 @@
 """Where INT8 time goes: onnxruntime's per-node profile of FP32 vs edgecompress INT8, by convolution class.
 
 For MobileNetV2@224 and ResNet-18@224 (random weights, as in ``run.py``), both files run with
-onnxruntime's profiler on (1 intra-op thread, ORT_ENABLE_ALL, 50 runs after 10 warm-up); each node's
-median kernel time is summed per class of the optimised graph: 1x1 convolutions, depthwise, other
-kxk convolutions, everything else. The INT8/FP32 ratio per class shows which kernels limit the whole-model
-speed-up. Source: measured on this host; one profile per file, so classes within ~10 % are noise.
+onnxruntime's profiler on (``profiler.ort_per_layer``: 1 intra-op thread, ORT_ENABLE_ALL, 50 runs
+after one untimed run); each node's mean kernel time is summed per class of the optimised graph: 1x1
+convolutions, depthwise, other kxk convolutions, everything else. The INT8/FP32 ratio per class shows
+which kernels limit the whole-model speed-up. Source: measured on this host; one profile per file, so
+classes within ~10 % are noise.
 
     .venv/bin/python bench/int8/op_classes.py      # writes results/op_classes.json and .md
 """
@@ -18,7 +19,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -29,6 +29,9 @@ import run as bench  # noqa: E402
 from edgecompress.compress.int8.api import quantize  # noqa: E402
 from edgecompress.compress.int8.config import Int8Config  # noqa: E402
 from edgecompress.export.onnx import export_onnx  # noqa: E402
+from edgecompress.profiler import ProfileConfig, ort_per_layer  # noqa: E402
+from edgecompress.runtime.backend_onnxruntime import session_options  # noqa: E402
+from edgecompress.runtime.engine import EngineOptions  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 
@@ -43,27 +46,16 @@ def conv_class(node: onnx.NodeProto) -> str:
     return "1x1 conv" if kernel == [1, 1] else f"{kernel[0]}x{kernel[0]} conv" if kernel else "conv"
 
 
-def profile(path: Path, x: np.ndarray, runs: int = 50) -> dict[str, float]:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.enable_profiling = True
-    so.profile_file_prefix = str(path.with_suffix(""))
-    so.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    kinds = {n.name: conv_class(n) for n in onnx.load(so.optimized_model_filepath).graph.node}
-    name = sess.get_inputs()[0].name
-    for _ in range(10 + runs):
-        sess.run(None, {name: x})
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    per_node: dict[str, list[float]] = defaultdict(list)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per_node[e["name"][: -len("_kernel_time")]].append(e["dur"])
+def profile(path: Path, runs: int = 50) -> dict[str, float]:
+    """Milliseconds per convolution class: ``profiler.ort_per_layer`` per node, classed on the optimised graph."""
+    opt = path.with_suffix(".opt.onnx")
+    ort.InferenceSession(str(path), session_options(EngineOptions(threads=1), str(opt)),
+                         providers=["CPUExecutionProvider"])  # only to write the optimised graph
+    kinds = {n.name: conv_class(n) for n in onnx.load(str(opt)).graph.node}
+    per_layer = ort_per_layer(path, ProfileConfig(threads=1), runs=runs, top=10**6)
     out: dict[str, float] = defaultdict(float)
-    for node, durs in per_node.items():
-        out[kinds.get(node, "other")] += float(np.median(durs[-runs:])) / 1000.0
+    for row in per_layer["top"]:
+        out[kinds.get(row["node"], "other")] += row["mean_us"] / 1000.0
     out["total"] = sum(out.values())
     return dict(out)
 
@@ -71,7 +63,7 @@ def profile(path: Path, x: np.ndarray, runs: int = 50) -> dict[str, float]:
 def main() -> None:
     torch.set_num_threads(1)
     results = {"measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "onnxruntime": ort.__version__,
-               "settings": "1 intra-op thread, ORT_ENABLE_ALL, batch 1, median of 50 profiled runs per node",
+               "settings": "1 intra-op thread, ORT_ENABLE_ALL, batch 1, mean of 50 profiled runs per node",
                "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("mobilenetv2", "resnet18"):
@@ -80,7 +72,7 @@ def main() -> None:
             export_onnx(model, torch.from_numpy(xs[:1]), fp32)
             int8 = quantize(fp32, calib, Int8Config(min_sqnr_db=None, max_accuracy_drop=None),
                             output=Path(tmp) / f"{name}_int8.onnx").model
-            results["models"][name] = {"fp32_ms": profile(fp32, xs[:1]), "int8_ms": profile(Path(int8), xs[:1])}
+            results["models"][name] = {"fp32_ms": profile(fp32), "int8_ms": profile(Path(int8))}
             print(name, results["models"][name], flush=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "op_classes.json").write_text(json.dumps(results, indent=1) + "\n")
