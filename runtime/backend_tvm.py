@@ -312,9 +312,9 @@ def import_tensor_intrinsics() -> None:
         frames, frame = [], sys._getframe(1)
         while frame is not None:
             filename, lineno = frame.f_code.co_filename, frame.f_lineno
-            line = linecache.getline(filename, lineno)
+            line = linecache.getline(filename, lineno) if context > 0 else ""
             frames.append(inspect.FrameInfo(frame, filename, lineno, frame.f_code.co_name,
-                                            [line] if line and context > 0 else None, 0 if line else None))
+                                            [line] if line else None, 0 if line else None))
             frame = frame.f_back
         return frames
 
