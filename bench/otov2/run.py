@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--warmup", type=float, default=0.0, help="lr warm-up epochs, the same for every method")
     p.add_argument("--group-divisible", type=int, default=1, help="OTOv2 kept-channel multiple")
+    p.add_argument("--macs-exponent", type=float, default=0.0, help="OTOv2 MACs-aware row ranking (0 = the paper)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--rounds", type=int, default=3)
@@ -142,7 +143,7 @@ def main(argv=None) -> int:
         key = f"{s:.1f}"
         t0 = time.perf_counter()
         cfg = ec.OTOv2Config(target_group_sparsity=s, epochs=args.epochs, progress=False, warmup_epochs=args.warmup,
-                             group_divisible=args.group_divisible)
+                             group_divisible=args.group_divisible, macs_exponent=args.macs_exponent)
         result = ec.prune(fresh(), example, train_dl, cfg, val_dl)
         r = result.report
         models[f"otov2@{key}"] = result.model.eval()

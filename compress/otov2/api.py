@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from edgecompress.compress.otov2.dhspg import DHSPG, VARIANTS
 from edgecompress.compress.otov2.subnet import construct
-from edgecompress.compress.otov2.zig import ZIG, partition
+from edgecompress.compress.otov2.zig import ZIG, partition, row_macs
 from edgecompress.compress.result import Result
 from edgecompress.errors import BadInputError
 
@@ -56,6 +56,8 @@ class OTO:
         """A ``DHSPG`` optimizer over all of the model's parameters (see ``dhspg.DHSPG`` for the options)."""
         self._require_prunable()
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if hyperparameters.get("macs_exponent") and hyperparameters.get("row_costs") is None:
+            hyperparameters["row_costs"] = row_macs(self.model, self.example_inputs, self.prunable_groups)
         return DHSPG(params, self.groups, **hyperparameters)
 
     @torch.no_grad()
@@ -131,6 +133,8 @@ class OTOv2Config:
     ``dhspg.forced_quota``), so the rest of training recovers with the final widths. ``epsilon`` 0.9 follows
     the OTOv2 tutorials. ``max_group_sparsity`` (ours) keeps at least a quarter of every group by default.
     ``warmup_epochs``: linear learning-rate warm-up before the cosine decay, as in ``TrainConfig``.
+    ``macs_exponent`` (ours; 0 = the paper): rank rows for pruning by score x (row MACs / mean) ** exponent,
+    so the rows removed are the ones that cost compute (see ``dhspg``).
     """
 
     target_group_sparsity: float = 0.5
@@ -146,6 +150,7 @@ class OTOv2Config:
     group_divisible: int = 1
     max_group_sparsity: float = 0.75
     warmup_epochs: float = 0.0
+    macs_exponent: float = 0.0
     rtol: float = 1e-5
     seed: int = 0
     progress: bool = True
@@ -175,6 +180,8 @@ class OTOv2Config:
             raise ValueError(f"max_group_sparsity={self.max_group_sparsity}: must lie in (0, 1]")
         if self.rtol <= 0:
             raise ValueError(f"rtol={self.rtol}: must be > 0")
+        if self.macs_exponent < 0:
+            raise ValueError(f"macs_exponent={self.macs_exponent}: must be >= 0")
         if not 0.0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"warmup_epochs={self.warmup_epochs}: must lie in [0, epochs={self.epochs})")
 
@@ -212,7 +219,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, train_data, config: OT
         start_pruning_step=int(config.start_pruning_fraction * total),
         force_project_step=(None if config.force_project_fraction is None
                             else int(config.force_project_fraction * total)),
-        group_divisible=config.group_divisible, max_group_sparsity=config.max_group_sparsity)
+        group_divisible=config.group_divisible, max_group_sparsity=config.max_group_sparsity,
+        macs_exponent=config.macs_exponent)
     tcfg = TrainConfig(epochs=config.epochs, optimizer="adamw" if config.variant != "sgd" else "sgd", lr=config.lr,
                        weight_decay=config.weight_decay, seed=config.seed, progress=config.progress,
                        warmup_epochs=config.warmup_epochs)

@@ -115,6 +115,7 @@ class ZIG:
     modules: list[str]
     prunable: bool = True
     reasons: list[str] = field(default_factory=list)
+    consumers: list[ParamSlice] = field(default_factory=list)  # input columns of the layers fed (cost only)
 
     @property
     def reason(self) -> str:
@@ -172,6 +173,56 @@ def row_dots(slices: list[ParamSlice], a: list[torch.Tensor], b: list[torch.Tens
         pb = pa if tb is ta else tb.index_select(s.dim, idx).movedim(s.dim, 0).reshape(len(idx), -1)
         out.index_add_(0, s.row, (pa.double() * pb.double()).sum(1).cpu())
     return out
+
+
+@torch.no_grad()
+def row_macs(model: nn.Module, example_inputs, zigs: list[ZIG]) -> dict[int, torch.Tensor]:
+    """Multiply-accumulates per sample that each ZIG row carries, ``{zig.id: (num_rows,) float64}``.
+
+    A weight element of a convolution or linear layer costs one MAC per output position (a Conv2d weight:
+    H_out x W_out; a Linear weight: one per token), measured with forward hooks on ``example_inputs``
+    (its batch divided out). A row's cost sums the elements of its producer rows and of the input columns it
+    feeds (``ZIG.consumers``); removing two adjacent rows double-counts the MACs they share (an estimate for
+    ranking, not a figure: the subnet's MACs are counted after construction). Rows whose weights the hooks
+    do not see (functional attention, custom operators) get the mean cost of the rows that were seen.
+    """
+    positions: dict[str, int] = {}
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+    def hook(name: str):
+        def record(module, _inputs, output) -> None:
+            if isinstance(output, torch.Tensor) and output.dim() >= 1:
+                batch = output.shape[0] if output.dim() > 1 else 1
+                channels = output.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else output.shape[-1]
+                positions[name] = output.numel() // max(1, batch * channels)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, kinds)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(*(example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    costs: dict[int, torch.Tensor] = {}
+    seen: list[torch.Tensor] = []
+    for z in zigs:
+        c = torch.zeros(z.num_rows, dtype=torch.float64)
+        for s in [*z.slices, *z.consumers]:
+            module, _, leaf = s.name.rpartition(".")
+            if leaf != "weight" or module not in positions:
+                continue
+            per = s.param.numel() // s.param.shape[s.dim] * positions[module]
+            c.index_add_(0, s.row, torch.full((s.row.numel(),), float(per), dtype=torch.float64))
+        costs[z.id] = c
+        seen.append(c[c > 0])
+    known = torch.cat(seen) if seen else torch.zeros(0, dtype=torch.float64)
+    fill = float(known.mean()) if known.numel() else 1.0
+    for c in costs.values():
+        c[c == 0] = fill
+    return costs
 
 
 # ---- torch-pruning custom pruners for our own modules --------------------------------------------------
@@ -415,7 +466,7 @@ def partition(model: nn.Module, example_inputs) -> tuple[list[ZIG], object]:
         root_item = g[0]
         n = len(root_item.idxs)
         info = {"group": g, "n": n, "row_of": list(range(n)), "unit": 1, "reasons": [], "slices": [], "modules": [],
-                "grouped_in": [], "grouped_out": []}
+                "grouped_in": [], "grouped_out": [], "consumers": []}
         producers = []
         consumer_weights = {id(it.dep.target.module.weight) for it in g.items
                             if not DG.is_out_channel_pruning_fn(it.dep.handler)
@@ -443,6 +494,12 @@ def partition(model: nn.Module, example_inputs) -> tuple[list[ZIG], object]:
                         break
                 if _is_grouped_conv(mod):
                     (info["grouped_out"] if out_fn else info["grouped_in"]).append((mod, item))
+                elif not out_fn and isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                    # the input columns this group removes from the layers it feeds (for row_macs; zeroing the
+                    # producer rows already makes them irrelevant, so DHSPG never touches them)
+                    info["consumers"].append(ParamSlice(f"{mname}.weight", mod.weight, 1,
+                                                        torch.tensor([i for i, _ in pairs], dtype=torch.long),
+                                                        torch.tensor([r for _, r in pairs], dtype=torch.long)))
             if out_fn and node.type not in (tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.RESHAPE,
                                             tp.ops.OPTYPE.SLICE, tp.ops.OPTYPE.UNBIND, tp.ops.OPTYPE.EXPAND):
                 if not node.outputs:
@@ -497,7 +554,7 @@ def partition(model: nn.Module, example_inputs) -> tuple[list[ZIG], object]:
     for k in range(len(infos)):
         members.setdefault(uf.find(k), []).append(k)
     for ks in members.values():
-        reasons, slices, parts, modules = [], [], [], []
+        reasons, slices, parts, modules, consumers = [], [], [], [], []
         rows_counts = set()
         for k in ks:
             info = infos[k]
@@ -507,6 +564,8 @@ def partition(model: nn.Module, example_inputs) -> tuple[list[ZIG], object]:
             remap = torch.tensor([max(r, 0) for r in row_of], dtype=torch.long)
             for s in info["slices"]:
                 slices.append(ParamSlice(s.name, s.param, s.dim, s.index, remap[s.row]))
+            for s in info["consumers"]:
+                consumers.append(ParamSlice(s.name, s.param, s.dim, s.index, remap[s.row]))
             chans = torch.full((nrows, unit), -1, dtype=torch.long)
             fill = [0] * nrows
             for c, r in enumerate(row_of):
@@ -521,7 +580,8 @@ def partition(model: nn.Module, example_inputs) -> tuple[list[ZIG], object]:
             reasons.append("merged groups disagree on the number of conv groups")
         num_rows = max(rows_counts)
         unit = max(int(p.channels.shape[1]) for p in parts)
-        z = ZIG(len(zigs), modules[0] if modules else f"group{len(zigs)}", kind, num_rows, unit, slices, parts, modules)
+        z = ZIG(len(zigs), modules[0] if modules else f"group{len(zigs)}", kind, num_rows, unit, slices, parts, modules,
+                consumers=consumers)
         if any((p.channels < 0).any() for p in parts):
             z.mark_unprunable("rows of unequal size")
         for r in dict.fromkeys(reasons):

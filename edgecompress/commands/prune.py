@@ -17,6 +17,8 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="adamw", choices=("sgd", "adam", "adamw"))
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear lr warm-up before the cosine decay")
+    p.add_argument("--macs-exponent", type=float, default=0.0,
+                   help="rank rows by score x (row MACs / mean) ** this, so expensive rows go first (0 = the paper)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--group-divisible", type=int, default=1, help="kept channels per group: a multiple of this")
     p.add_argument("--seed", type=int, default=0)
@@ -33,7 +35,7 @@ def _run(args: argparse.Namespace) -> tuple[dict, str]:
 
     config = OTOv2Config(target_group_sparsity=args.target_sparsity, epochs=args.epochs, variant=args.variant,
                          lr=args.lr, group_divisible=args.group_divisible, seed=args.seed,
-                         warmup_epochs=args.warmup_epochs)
+                         warmup_epochs=args.warmup_epochs, macs_exponent=args.macs_exponent)
     model, _ = model_and_input(args)
     train_dl, val_dl = load(args.data, batch_size=args.batch_size, seed=args.seed)
     example = sample_batch(val_dl, 1)

@@ -145,3 +145,42 @@ def test_select_redundant_caps_the_fraction_of_one_group():
     mask = select_redundant(scores, owner, [4, 6], k=5, divisible=[1, 1], max_fraction=0.5)
     assert int(mask[:4].sum()) == 2 and int(mask.sum()) == 5  # the rest of k comes from the other group
     assert int(select_redundant(scores, owner, [4, 6], k=5, divisible=[1, 1])[:4].sum()) == 3  # paper: n - 1
+
+
+def test_cost_weighted_scores_rank_expensive_rows_first():
+    from edgecompress.compress.otov2.dhspg import cost_weighted
+
+    scores = torch.tensor([-0.2, 0.1, 0.1, 0.3], dtype=torch.float64)
+    costs = torch.tensor([1.0, 1.0, 9.0, 1.0], dtype=torch.float64)
+    assert torch.equal(cost_weighted(scores, costs, 0.0), scores)  # 0 = the paper's ranking
+    weighted = cost_weighted(scores, costs, 1.0)
+    assert torch.argsort(weighted, descending=True).tolist()[:2] == [2, 3]  # equal score, 9x the cost: first
+    assert weighted[0] < weighted[1]  # negative scores keep their order after the shift
+    with pytest.raises(ValueError, match="cost"):
+        cost_weighted(scores, torch.zeros(4, dtype=torch.float64), 1.0)
+
+
+def test_macs_exponent_moves_the_pruned_set_to_expensive_rows():
+    import torch.nn.functional as F
+
+    from edgecompress.compress.otov2.api import OTO
+    from edgecompress.compress.otov2.zig import row_macs
+    from edgecompress.nas import zoo
+
+    chosen = {}
+    for beta in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = zoo.create("mobilenetv2_cifar_tiny", num_classes=10)
+        x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+        oto = OTO(model, x[:1])
+        costs = row_macs(model, x[:1], oto.prunable_groups)
+        opt = oto.dhspg(target_group_sparsity=0.5, start_pruning_step=0, macs_exponent=beta)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        chosen[beta] = sum(float(costs[z.id][m].sum()) for z, m in zip(opt.zigs, opt.redundant, strict=True))
+        assert sum(int(m.sum()) for m in opt.redundant) == pytest.approx(0.55 * opt.num_rows, abs=2)
+    assert chosen[1.0] > 1.2 * chosen[0.0]
+    with pytest.raises(ValueError, match="row_costs"):
+        from edgecompress.compress.otov2.dhspg import DHSPG
+
+        DHSPG(list(model.parameters()), oto.groups, macs_exponent=1.0)

@@ -248,3 +248,17 @@ def test_random_zero_groups_keep_outputs_on_full_size_cifar_models(name):
     torch.manual_seed(0)
     model = zoo.create(name, num_classes=10)
     _sanity(model, torch.randn(2, *model.input_size))
+
+
+def test_row_macs_counts_producer_rows_and_consumer_columns():
+    from edgecompress.compress.otov2.zig import row_macs
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1, stride=2),
+                          nn.Flatten(), nn.Linear(2 * 4 * 4, 5))
+    oto = OTO(model.eval(), torch.randn(2, 3, 8, 8))
+    costs = row_macs(model, torch.randn(2, 3, 8, 8), oto.prunable_groups)
+    by_module = {z.modules[0]: costs[z.id] for z in oto.prunable_groups}
+    # a row of conv 0: its 3x3x3 filter at 8x8 outputs, plus its input column of conv 3 (1x1, 2 filters at 4x4)
+    assert torch.equal(by_module["0"], torch.full((4,), 3 * 9 * 64 + 2 * 16, dtype=torch.float64))
+    # a row of conv 3: its 4-input filter at 4x4 outputs, plus the 16 Linear inputs it feeds (5 outputs each)
+    assert torch.equal(by_module["3"], torch.full((2,), 4 * 16 + 16 * 5, dtype=torch.float64))
