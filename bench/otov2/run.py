@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 import warnings
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default="bench/otov2/results")
     p.add_argument("--tag", default="", help="suffix of the results file name (results/<model>_<tag>.json)")
+    p.add_argument("--remeasure", action="store_true",
+                   help="no training: time the ONNX files an earlier run wrote again (one interleaved run, e.g. on a "
+                        "quieter machine) and replace the latency section of its JSON")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -63,7 +67,8 @@ def main(argv=None) -> int:
     onnx_dir = out / "onnx"
     onnx_dir.mkdir(exist_ok=True)
     tag = args.model if args.model == "resnet20" else f"{args.model}_w{args.width}"
-    path = out / f"{tag}{'_' + args.tag if args.tag else ''}.json"
+    stem = f"{tag}{'_' + args.tag if args.tag else ''}"
+    path = out / f"{stem}.json"
     train_dl, val_dl = digits_loaders(batch_size=64, seed=0)
     example = next(iter(val_dl))[0][:1]
     kw = {"width_mult": args.width} if args.model == "mobilenetv2_cifar" else {}
@@ -78,7 +83,7 @@ def main(argv=None) -> int:
 
     res = {"model": tag, "data": "sklearn digits 32x32x3, 1437 train / 360 val", "epochs": args.epochs,
            "host": host_info(), "torch_threads": args.threads, "torch_pruning": tp.__version__,
-           "note": "CPU contended by other engineers' jobs while this ran; prefer min and interleaved ratios",
+           "load_avg_at_start": os.getloadavg(),
            "dense": {}, "otov2": {}, "torch_pruning_l2": {}}
 
     def save() -> None:
@@ -99,17 +104,6 @@ def main(argv=None) -> int:
             torch.save(m.state_dict(), f)
         return m.eval()
 
-    t0 = time.perf_counter()
-    dense = trained("dense", args.epochs)
-    models["dense"] = dense
-    res["dense"] = {"val_accuracy": evaluate(dense, val_dl), **model_stats(dense, example),
-                    "train_seconds": time.perf_counter() - t0}
-    save()
-    print("dense", res["dense"], flush=True)
-
-    half = trained("dense", args.epochs // 2)
-    res["torch_pruning_l2"]["pretrain_val_accuracy"] = evaluate(half, val_dl)
-
     def tp_prune(ratio: float) -> nn.Module:
         m = copy.deepcopy(half)
         ignored = [mm for mm in m.modules() if isinstance(mm, nn.Linear)][-1:]  # the classifier
@@ -124,7 +118,7 @@ def main(argv=None) -> int:
         """ONE interleaved onnxruntime run over every candidate so far (rerun after each target; the last counts)."""
         for name, m in models.items():
             if name not in engines:
-                f = onnx_dir / f"{tag}_{name.replace('@', '_')}.onnx"
+                f = onnx_dir / f"{stem}_{name.replace('@', '_')}.onnx"
                 export_onnx(m, example, f)
                 engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
         feeds = {n: e.example_feeds(batch=1) for n, e in engines.items()}
@@ -133,11 +127,39 @@ def main(argv=None) -> int:
         stats = {n: LatencyStats.from_samples(v).as_dict() for n, v in samples.items()}
         d = stats["dense"]
         res["latency"] = {"source": "measured", "runtime": "onnxruntime CPUExecutionProvider", "threads": args.threads,
-                          "batch": 1, "warmup": 10, "repeats": args.repeats, "rounds": args.rounds, "stats_ms": stats,
+                          "batch": 1, "warmup": 10, "repeats": args.repeats, "rounds": args.rounds,
+                          "load_avg": os.getloadavg(), "stats_ms": stats,
                           "ratio_vs_dense_median": {n: d["median_ms"] / s["median_ms"] for n, s in stats.items()},
                           "ratio_vs_dense_min": {n: d["min_ms"] / s["min_ms"] for n, s in stats.items()}}
         save()
         print("latency", json.dumps(res["latency"]["ratio_vs_dense_median"]), flush=True)
+
+    if args.remeasure:
+        if not path.is_file():
+            p.error(f"--remeasure: {path} does not exist (run the benchmark first)")
+        res.update({k: v for k, v in json.loads(path.read_text()).items() if k != "host"})
+        names = ["dense", *(f"{m}@{k}" for m, sec in (("otov2", "otov2"), ("tp_l2", "torch_pruning_l2"))
+                            for k in res[sec] if k != "pretrain_val_accuracy")]
+        for name in names:
+            f = onnx_dir / f"{stem}_{name.replace('@', '_')}.onnx"
+            if not f.is_file():
+                p.error(f"--remeasure: {f} is missing")
+            engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
+        res["latency_remeasured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        res["host"] = host_info()
+        measure_latency()
+        return 0
+
+    t0 = time.perf_counter()
+    dense = trained("dense", args.epochs)
+    models["dense"] = dense
+    res["dense"] = {"val_accuracy": evaluate(dense, val_dl), **model_stats(dense, example),
+                    "train_seconds": time.perf_counter() - t0}
+    save()
+    print("dense", res["dense"], flush=True)
+
+    half = trained("dense", args.epochs // 2)
+    res["torch_pruning_l2"]["pretrain_val_accuracy"] = evaluate(half, val_dl)
 
     for s in args.targets:
         key = f"{s:.1f}"

@@ -245,7 +245,21 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, train_data, config: OT
         "epochs": [asdict(log) for log in logs],
         "seconds": time.perf_counter() - start,
     }
+    odd = unaligned_convs(subnet)
+    if odd and config.group_divisible % 8:
+        report["notes"] = [
+            f"{len(odd)} convolutions keep channel counts that are not multiples of 8 ({', '.join(odd[:3])}"
+            f"{', ...' if len(odd) > 3 else ''}): onnxruntime's blocked (NCHWc) CPU kernels need multiples of 8 "
+            "(AVX2) or 16 (AVX-512) and run the others, depthwise ones especially, far slower; measured here, a "
+            "MobileNetV2 subnet with 2.6x fewer MACs ran 0.69x as fast as the dense model "
+            "(bench/otov2/README.md). Use group_divisible=8 (--group-divisible 8) for CPU deployment."]
     if val_data is not None:
         report["val_accuracy_group_sparse"] = evaluate(model, val_data)
         report["val_accuracy"] = evaluate(subnet, val_data)
     return Result(subnet, report)
+
+
+def unaligned_convs(model: nn.Module, multiple: int = 8) -> list[str]:
+    """Names of the convolutions whose input or output channel count (beyond 4) is not a multiple of ``multiple``."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)
+            and any(c > 4 and c % multiple for c in (m.in_channels, m.out_channels))]

@@ -123,3 +123,14 @@ def test_demo_stage_prunes_a_copy_and_reports(tmp_path):
     assert ctx.summary["pruned_params"] == report["pruned"]["params"]
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # dense model untouched
     assert load_pruned(tmp_path / "pruned") is not None
+
+
+def test_unaligned_convs_names_channel_counts_cpu_kernels_cannot_block():
+    import torch.nn as nn
+
+    from edgecompress.compress.otov2.api import unaligned_convs
+
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 47, 1), nn.Conv2d(47, 47, 3, groups=47),
+                          nn.Conv2d(47, 8, 1))
+    assert unaligned_convs(model) == ["1", "2", "3"]  # the stem's 3 input channels are not a blocking concern
+    assert unaligned_convs(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 24, 1))) == []
