@@ -266,7 +266,7 @@ def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, 
     info = {"database": str(work_dir), "trials_per_task_requested": trials_per_task,
             "trials_per_task_cached": done, "searched": False}
     if trials_per_task <= done:
-        return {**info, **{k: meta[k] for k in ("tasks", "seconds", "cost_model") if k in meta}}
+        return {**info, **{k: meta[k] for k in ("tasks", "seconds", "cost_model", "searches") if k in meta}}
     if is_cross(spec):
         raise BadInputError(f"target {spec}: MetaSchedule must measure on the device itself; tuning a cross "
                             "target needs the board over TVM RPC, which this backend does not drive. Use "
@@ -274,11 +274,18 @@ def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, 
     work_dir.mkdir(parents=True, exist_ok=True)
     # the child blocks torch: tvm_ffi imports it eagerly when installed, and MetaSchedule's first use
     # (tvm.s_tir.tensor_intrin, which calls inspect.stack() per intrinsic) slows down with every loaded module
-    code = ("import sys, json; sys.modules['torch'] = None\n"
+    # (a meta-path finder that refuses it, not ``sys.modules['torch'] = None``: scipy, which XGBoost's cost
+    # model imports, looks modules up in ``sys.modules`` and would find the ``None``)
+    code = ("import sys, json\n"
+            "class _NoTorch:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('torch is not imported by the tuning process')\n"
+            "sys.meta_path.insert(0, _NoTorch())\n"
             "from pathlib import Path\n"
             "from edgecompress.runtime.backend_tvm import _search\n"
             f"_search(Path({str(onnx_path)!r}), json.loads({json.dumps(dict(spec))!r}), {batch}, {trials_per_task}, "
-            f"Path({str(work_dir)!r}))\n")
+            f"Path({str(work_dir)!r}), {done})\n")
     cmd = [sys.executable, "-c", code]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not meta_path.is_file():
@@ -287,7 +294,7 @@ def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, 
                                 f"(exit status {proc.returncode}): {tail}")
     meta = json.loads(meta_path.read_text())
     info.update(searched=True, trials_per_task_cached=trials_per_task,
-                **{k: meta[k] for k in ("tasks", "seconds", "cost_model")})
+                **{k: meta[k] for k in ("tasks", "seconds", "cost_model", "searches") if k in meta})
     return info
 
 
@@ -326,11 +333,17 @@ def import_tensor_intrinsics() -> None:
         inspect.stack = original
 
 
-def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_task: int, work_dir: Path) -> None:
+def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_task: int, work_dir: Path,
+            done: int = 0) -> None:
     """The child process of ``_tune``: MetaSchedule over every fused operator, records into ``work_dir``.
 
-    Builder workers import the intrinsics through ``import_tensor_intrinsics`` (their initializer) and get
-    a generous timeout: a worker's first build on a loaded 2-core machine can take tens of seconds.
+    ``trials_per_task`` is the total budget per task; a database that already holds ``done`` trials per task
+    is extended by the difference, and its best records seed the evolutionary search (MetaSchedule's
+    database warm start). The budget is global (``(trials_per_task - done) x tasks``) and the gradient task
+    scheduler spends it where the weighted latency falls fastest, up to twice the per-task average on one
+    task. Builder workers, one per core, import the intrinsics through ``import_tensor_intrinsics`` (their
+    initializer) and get a generous timeout: a worker's first build on a loaded 2-core machine can take tens
+    of seconds.
     """
     import importlib.util
 
@@ -343,19 +356,28 @@ def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_tas
     mod = _lower(import_onnx(onnx_path, batch)[0], target)
     t0 = time.perf_counter()
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    # the default cost model is XGBoost; without the xgboost package MetaSchedule's random model is used
+    extra = trials_per_task - done
+    # the default cost model is XGBoost (the tvm extra installs xgboost-cpu); without it, MetaSchedule's
+    # random model, i.e. unguided evolutionary search
     cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
     ms.relax_integration.tune_relax(mod, {}, target, str(work_dir),
-                                    max_trials_global=trials_per_task * len(tasks),
-                                    max_trials_per_task=trials_per_task,
-                                    num_trials_per_iter=min(64, max(trials_per_task, 2)), cost_model=cost_model,
-                                    builder=ms.builder.LocalBuilder(max_workers=max(1, (os.cpu_count() or 2) - 1),
+                                    max_trials_global=extra * len(tasks),
+                                    max_trials_per_task=2 * extra,
+                                    num_trials_per_iter=min(64, max(extra, 2)), cost_model=cost_model,
+                                    builder=ms.builder.LocalBuilder(max_workers=max(1, os.cpu_count() or 1),
                                                                     timeout_sec=300,
                                                                     initializer=import_tensor_intrinsics),
                                     runner=ms.runner.LocalRunner(timeout_sec=60), seed=0)
-    write_json_atomic(work_dir / "edgecompress.json",
+    meta_path = work_dir / "edgecompress.json"
+    previous = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    seconds = round(time.perf_counter() - t0, 1)
+    earlier = previous.get("searches") or ([{k: previous.get(k) for k in ("trials_per_task", "cost_model", "seconds")}]
+                                           if previous else [])
+    searches = [*earlier, {"trials_per_task": extra, "cost_model": cost_model, "seconds": seconds}]
+    write_json_atomic(meta_path,
                       {"trials_per_task": trials_per_task, "tasks": len(tasks), "target": dict(spec),
-                       "cost_model": cost_model, "seconds": round(time.perf_counter() - t0, 1),
+                       "cost_model": "+".join(dict.fromkeys(x["cost_model"] for x in searches)),
+                       "seconds": round(sum(x["seconds"] for x in searches), 1), "searches": searches,
                        "tvm_version": tvm.__version__})
 
 

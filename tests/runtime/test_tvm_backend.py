@@ -187,3 +187,9 @@ def test_metaschedule_tunes_and_the_records_are_applied(small_onnx, tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
     ort_out = load_engine(small_onnx, "onnxruntime").run([x])[0]
     assert relative_error(engine.run([x])[0], ort_out) < 1e-4
+    # a larger budget extends the same database by the difference, warm-started from its records
+    more = compile_tvm(small_onnx, TvmCompileConfig(trials_per_task=3, cache_dir=tmp_path))
+    tuning = more.report["tuning"]
+    assert tuning["searched"] is True and tuning["trials_per_task_cached"] == 3
+    assert [s["trials_per_task"] for s in tuning["searches"]] == [2, 1]
+    assert tuning["seconds"] == pytest.approx(sum(s["seconds"] for s in tuning["searches"]), abs=0.2)
