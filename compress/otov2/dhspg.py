@@ -10,6 +10,9 @@ variant, alpha the learning rate.
 2. Once, at ``start_pruning_step``: score every prunable row by 0.5 cos(x_g, d_g) + 0.5 / (‖x_g‖/|g| + 1e-6), each
    term L2-normalised over all rows; the top K = floor(N min(target + tolerance, 0.999)) rows form G_p (to be
    pruned); per group the rows kept (G_np) are rounded up to a multiple of ``group_divisible`` channels.
+   With ``group_divisible`` > 1 (ours) G_p is sized to the target instead (the smallest K whose rounded
+   selection holds the target's rows, at most the tolerance above it) and all of it is zeroed, so every group
+   ends with a multiple of the channel multiple; otherwise only part of a rounded G_p would be zeroed.
 3. While the group sparsity is below the target, for g in G_p: adaptive group-lasso weight
    lambda_g = lmbda, or if <x_g, d_g> < 0 (a plain step would grow the row):
        lambda_lo = -<x,d>/‖x‖,  lambda_hi = -‖d‖² ‖x‖ / <x,d>,
@@ -267,9 +270,27 @@ class DHSPG(torch.optim.Optimizer):
             scores = cost_weighted(scores, torch.cat([self.row_costs[z.id] for z in self.zigs]), self.macs_exponent)
         k = int(math.floor(self.num_rows * min(self.target + self.tolerance, 0.999)))
         divisible = [max(1, -(-self.group_divisible // z.unit)) for z in self.zigs]
-        mask = select_redundant(scores, torch.cat(owner), [z.num_rows for z in self.zigs], k, divisible,
-                                self.max_group_sparsity)
-        self.redundant = list(mask.split([z.num_rows for z in self.zigs]))
+        rows = [z.num_rows for z in self.zigs]
+
+        def select(n: int) -> torch.Tensor:
+            return select_redundant(scores, torch.cat(owner), rows, n, divisible, self.max_group_sparsity)
+
+        if max(divisible) == 1:
+            mask = select(k)
+        else:
+            # every row of G_p will be zeroed, so each group keeps a multiple of its channel multiple: G_p is
+            # the smallest selection (k searched from the target up to target + tolerance) that holds at least
+            # the target's rows, and the target becomes its size
+            lo, hi = min(self.target_rows, k), k
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if int(select(mid).sum()) >= self.target_rows:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            mask = select(lo)
+            self.target_rows = int(mask.sum())
+        self.redundant = list(mask.split(rows))
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: C901 - the algorithm reads top to bottom

@@ -184,3 +184,25 @@ def test_macs_exponent_moves_the_pruned_set_to_expensive_rows():
         from edgecompress.compress.otov2.dhspg import DHSPG
 
         DHSPG(list(model.parameters()), oto.groups, macs_exponent=1.0)
+
+
+def test_group_divisible_holds_for_the_channels_finally_kept():
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from edgecompress.compress.otov2.api import OTO
+    from edgecompress.nas import zoo
+
+    torch.manual_seed(0)
+    model = zoo.create("mobilenetv2_cifar", num_classes=10, width_mult=0.5)
+    x, y = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    oto = OTO(model, x[:1])
+    opt = oto.dhspg(target_group_sparsity=0.5, start_pruning_step=0, force_project_step=3, group_divisible=8)
+    for _ in range(5):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert abs(opt.group_sparsity - 0.5) <= 0.05 and opt.num_zero_rows == opt.target_rows
+    sub = oto.construct_subnet()
+    kept = [m.out_channels for m in sub.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]  # depthwise
+    assert kept and all(c % 8 == 0 for c in kept), kept
