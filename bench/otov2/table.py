@@ -27,7 +27,10 @@ def main() -> int:
                     f"{ratio[name]:.2f}x / {ratio_min[name]:.2f}x")
 
         d = r["dense"]
-        lines += [f"### {r['model']} ({r['epochs']} epochs per method)", "",
+        a = r.get("args", {})
+        knobs = ", ".join(f"{k} {a[k]}" for k in ("warmup", "group_divisible", "macs_exponent") if k in a)
+        knobs = "; " + knobs if knobs else ""
+        lines += [f"### {r['model']} ({r['epochs']} epochs per method{knobs}) [{path.name}]", "",
                   "| method | target | group sparsity | val acc | params | MACs | ORT ms min / median / max | "
                   "speed-up vs dense (median / min) |", "|---|---|---|---|---|---|---|---|",
                   f"| dense | - | - | {d['val_accuracy']:.2%} | {d['params']:,} | {d['macs']:,} | {cell('dense')} |"]
@@ -42,7 +45,9 @@ def main() -> int:
         if lat:
             lines += ["", f"Latency: {lat['source']}, {lat['runtime']}, {lat['threads']} thread, batch {lat['batch']}, "
                       f"warmup {lat['warmup']}, {lat['rounds']} interleaved rounds x {lat['repeats']} repeats, "
-                      f"host {r['host'].get('cpu', '?')} ({r['host'].get('cores', '?')} cores, shared and contended)."]
+                      f"host {r['host'].get('cpu', '?')} ({r['host'].get('cores', '?')} cores), load average "
+                      f"{lat.get('load_avg', '?')} while timing"
+                      f"{'; re-timed ' + r['latency_remeasured'] if 'latency_remeasured' in r else ''}."]
         lines.append("")
     (res_dir / "results.md").write_text("\n".join(lines))
     print("\n".join(lines))
