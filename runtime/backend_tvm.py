@@ -414,13 +414,21 @@ def _apply_schedules(mod, target, work_dir: Path):
 
 
 def configure_threads(threads: int | None) -> int:
-    """Size TVM's CPU thread pool (``runtime.config_threadpool``, mode 1 = all big cores)."""
+    """Size TVM's CPU thread pool (``runtime.config_threadpool``, mode 1 = all big cores).
+
+    TVM pins the calling thread to one core while it configures the pool; the caller's affinity is put back
+    afterwards, or every thread the process starts later (onnxruntime's and torch's pools) would inherit a
+    one-core mask.
+    """
     import tvm
 
     from edgecompress.devices.host import usable_cores
 
     n = threads or usable_cores()
+    mask = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     tvm.get_global_func("runtime.config_threadpool")(1, n)
+    if mask is not None:
+        os.sched_setaffinity(0, mask)
     return n
 
 

@@ -1,5 +1,6 @@
 """TVM backend: targets, ONNX import errors, parity vs onnxruntime, cross-compiled aarch64 libraries."""
 
+import os
 import shutil
 import struct
 
@@ -176,6 +177,17 @@ def test_tensor_intrinsics_import_fast_and_leave_inspect_alone():
 
     assert inspect.stack is original
     assert tvm.s_tir.TensorIntrin.get("dot_16x4_vnni") is not None  # an x86 intrinsic MetaSchedule may use
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="needs Linux CPU affinity")
+def test_thread_pool_leaves_the_process_affinity_and_the_host_target_alone():
+    from edgecompress.runtime.backend_tvm import configure_threads
+
+    before, spec = os.sched_getaffinity(0), target_spec("host")
+    configure_threads(1)  # TVM pins the calling thread while it configures its pool
+    assert os.sched_getaffinity(0) == before  # threads started later keep every core
+    assert target_spec("host") == spec  # num-cores, part of the tuning database key, did not move
+    configure_threads(None)
 
 
 @pytest.mark.slow
