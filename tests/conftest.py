@@ -3,12 +3,21 @@ and hardware markers that say why they are skipped."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# Each test session gets its own cache (host peak/bandwidth, calibrations, measured ratios, TVM tuning
+# records): a test must neither read the user's ~/.cache/edgecompress nor overwrite it (a session under
+# load once replaced the host's measured peak there).
+_CACHE = tempfile.mkdtemp(prefix="edgecompress-tests-")
+os.environ["EDGECOMPRESS_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 
 def _has_nvidia_gpu() -> bool:
