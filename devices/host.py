@@ -21,13 +21,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-@lru_cache(maxsize=1)
 def usable_cores() -> int:
     """Cores this process may run on (affinity mask), not the machine's total.
 
-    Read once per process: TVM's thread pool pins the calling thread to one core
-    (``runtime.config_threadpool``), after which ``sched_getaffinity(0)`` says 1 and the host target's
-    ``num-cores`` (a key of the tuning database) would change under the caller.
+    ``backend_tvm.configure_threads`` puts the affinity back after TVM pins the calling thread, so this
+    stays right after a TVM engine is made.
     """
     try:
         return len(os.sched_getaffinity(0))

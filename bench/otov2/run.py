@@ -114,13 +114,18 @@ def main(argv=None) -> int:
 
     engines: dict = {}
 
+    def onnx_file(name: str) -> Path:
+        return onnx_dir / f"{stem}_{name.replace('@', '_')}.onnx"
+
+    def add_engine(name: str) -> None:
+        engines[name] = load_engine(onnx_file(name), "onnxruntime", EngineOptions(threads=args.threads))
+
     def measure_latency() -> None:
         """ONE interleaved onnxruntime run over every candidate so far (rerun after each target; the last counts)."""
         for name, m in models.items():
             if name not in engines:
-                f = onnx_dir / f"{stem}_{name.replace('@', '_')}.onnx"
-                export_onnx(m, example, f)
-                engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
+                export_onnx(m, example, onnx_file(name))
+                add_engine(name)
         feeds = {n: e.example_feeds(batch=1) for n, e in engines.items()}
         fns = {n: (lambda e=e, fd=feeds[n]: e.run(fd)) for n, e in engines.items()}
         samples = interleaved(fns, warmup=10, repeats=args.repeats, rounds=args.rounds)
@@ -141,10 +146,9 @@ def main(argv=None) -> int:
         names = ["dense", *(f"{m}@{k}" for m, sec in (("otov2", "otov2"), ("tp_l2", "torch_pruning_l2"))
                             for k in res[sec] if k != "pretrain_val_accuracy")]
         for name in names:
-            f = onnx_dir / f"{stem}_{name.replace('@', '_')}.onnx"
-            if not f.is_file():
-                p.error(f"--remeasure: {f} is missing")
-            engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
+            if not onnx_file(name).is_file():
+                p.error(f"--remeasure: {onnx_file(name)} is missing")
+            add_engine(name)
         res["latency_remeasured"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         res["host"] = host_info()
         measure_latency()
@@ -158,9 +162,8 @@ def main(argv=None) -> int:
                                             if k != "pretrain_val_accuracy"})
             for key in old.get("otov2", {}):  # their ONNX files join this run's interleaved timing
                 for name in (f"otov2@{key}", f"tp_l2@{key}"):
-                    f = onnx_dir / f"{stem}_{name.replace('@', '_')}.onnx"
-                    if f.is_file() and key in res["torch_pruning_l2" if name.startswith("tp") else "otov2"]:
-                        engines[name] = load_engine(f, "onnxruntime", EngineOptions(threads=args.threads))
+                    if onnx_file(name).is_file():
+                        add_engine(name)
 
     t0 = time.perf_counter()
     dense = trained("dense", args.epochs)
