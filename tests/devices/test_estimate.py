@@ -59,12 +59,24 @@ def test_fit_recovers_known_efficiencies():
     rng = np.random.default_rng(0)
     models = [[LayerCost(f"l{j}", "Conv", int(rng.integers(1e5, 1e8)), int(rng.integers(1e4, 1e7)))
                for j in range(int(rng.integers(3, 30)))] for _ in range(8)]
-    truth = Calibration(eta_c=0.3, eta_m=2.0, eta_d=1.0, node_us=4.0)
-    measured = [layer_times_s(m, 50.0, 10.0, truth)[:, 2].sum() * 1e3 for m in models]
+    models += [[LayerCost("small", "Conv", 10**4, 10**3)], [LayerCost("s", "Conv", 10**4, 10**3)] * 3]
+    truth = Calibration(eta_c=0.3, eta_m=2.0, eta_d=1.0, node_us=4.0, call_us=30.0)
+    measured = [predict_latency(m, 50.0, 10.0, truth)["latency_ms"] for m in models]
     cal = fit_calibration(models, measured, 50.0, 10.0)
-    predicted = [layer_times_s(m, 50.0, 10.0, cal)[:, 2].sum() * 1e3 for m in models]
+    predicted = [predict_latency(m, 50.0, 10.0, cal)["latency_ms"] for m in models]
     assert np.max(np.abs(np.array(predicted) / measured - 1)) < 0.08
     assert cal.source == "measured" and cal.eta_c == pytest.approx(0.3, rel=0.2)
+    # the two tiny models (1 and 3 nodes) separate the per-inference call from the per-node overhead
+    assert cal.call_us == pytest.approx(30.0, rel=0.2) and cal.node_us == pytest.approx(4.0, rel=0.3)
+    assert cal.eta_m >= 1.0  # in cache, never slower than the DRAM copy bandwidth
+
+
+def test_call_overhead_is_paid_once_per_inference():
+    costs = [LayerCost("a", "Conv", macs=0, bytes_moved=0)] * 3
+    pred = predict_latency(costs, 100.0, 10.0, Calibration(node_us=5.0, call_us=20.0))
+    assert pred["latency_ms"] == pytest.approx(0.035) and pred["call_ms"] == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="call_us"):
+        Calibration(call_us=-1.0)
 
 
 def test_energy_is_labelled_estimated():
