@@ -5,8 +5,11 @@ The compile pipeline, in order (every step is TVM's own; nothing here schedules 
 1. ``relax.frontend.onnx.from_onnx`` with static shapes (the dynamic batch becomes ``batch``); FP32
    and explicit Q/DQ INT8 files both import. An operator TVM cannot import is a ``BadInputError``
    naming the node(s) and the op.
-2. ``DecomposeOpsForInference``, ``CanonicalizeBindings`` and Relax's ``zero`` pipeline (legalize to
-   TIR, fold constants, fuse) under the target.
+2. With ``layout="NHWC"``, Relax's ``ConvertLayout`` rewrites every conv2d to NHWC data and OHWI
+   weights (the layout change propagates through the elementwise ops; transposes only at the
+   boundaries; the weight transposes fold into constants). Then ``DecomposeOpsForInference``,
+   ``CanonicalizeBindings`` and Relax's ``zero`` pipeline (legalize to TIR, fold constants, fuse)
+   under the target.
 3. Schedules. Untuned Relax code is one plain loop nest per operator: single-threaded, no SIMD
    (30-90x slower than onnxruntime, see shared/reference/baselines.md). MetaSchedule
    (``tvm.s_tir.meta_schedule``) searches schedules for every fused operator with a budget of
@@ -52,14 +55,16 @@ from edgecompress.runtime.tvm_targets import cross_compiler, is_cross, target_sp
 
 EM_AARCH64 = 183
 EM_X86_64 = 62
-_EXTRA_KEYS = ("tune_trials", "batch", "rtol", "cache_dir", "check_parity")
+_EXTRA_KEYS = ("tune_trials", "batch", "rtol", "cache_dir", "check_parity", "layout")
+LAYOUTS = ("NCHW", "NHWC")  # NCHW: as the ONNX file has it
 
 
 @dataclass(frozen=True)
 class TvmCompileConfig:
     """How to compile: ``target`` (a device name), MetaSchedule ``trials_per_task`` (0 = no search;
-    cached records are still applied), the static ``batch``, parity ``rtol`` vs onnxruntime, and the
-    tuning-database root (default ``~/.cache/edgecompress/tvm``)."""
+    cached records are still applied), the static ``batch``, parity ``rtol`` vs onnxruntime, the
+    tuning-database root (default ``~/.cache/edgecompress/tvm``) and the convolution ``layout``
+    (``NCHW`` as imported, or ``NHWC``: see the module docstring)."""
 
     target: str = "host"
     trials_per_task: int = 0
@@ -67,8 +72,11 @@ class TvmCompileConfig:
     rtol: float = 1e-4
     cache_dir: Path | None = None
     check_parity: bool = True
+    layout: str = "NCHW"
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise BadInputError(f"layout={self.layout!r}: choose one of {', '.join(LAYOUTS)}")
         if self.trials_per_task < 0:
             raise ValueError(f"trials_per_task={self.trials_per_task}: must be >= 0")
         if self.batch < 1:
@@ -85,7 +93,8 @@ class TvmCompileConfig:
         cache = extra.get("cache_dir")
         return cls(target=options.target, trials_per_task=int(extra.get("tune_trials", 0)),
                    batch=int(extra.get("batch", 1)), rtol=float(extra.get("rtol", 1e-4)),
-                   cache_dir=Path(cache) if cache else None, check_parity=bool(extra.get("check_parity", True)))
+                   cache_dir=Path(cache) if cache else None, check_parity=bool(extra.get("check_parity", True)),
+                   layout=str(extra.get("layout", "NCHW")).upper())
 
 
 @dataclass
@@ -184,11 +193,13 @@ def model_hash(path: str | Path) -> str:
     return sha256_file(path)
 
 
-def tuning_dir(onnx_sha256: str, target: Mapping[str, Any], batch: int, root: Path | None = None) -> Path:
-    """``<root>/tvm/<model sha256[:16]>-b<batch>-<sha256(target JSON)[:12]>``: one database per model and target."""
+def tuning_dir(onnx_sha256: str, target: Mapping[str, Any], batch: int, root: Path | None = None,
+               layout: str = "NCHW") -> Path:
+    """``<root>/tvm/<model sha256[:16]>-b<batch>-<sha256(target JSON)[:12]>[-<layout>]``: one database per
+    model, target and layout (the default NCHW has no suffix)."""
     base = root or Path(os.environ.get("EDGECOMPRESS_CACHE") or Path.home() / ".cache" / "edgecompress") / "tvm"
     key = hashlib.sha256(json.dumps(dict(target), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(base) / f"{onnx_sha256[:16]}-b{batch}-{key}"
+    return Path(base) / f"{onnx_sha256[:16]}-b{batch}-{key}{'' if layout == 'NCHW' else '-' + layout.lower()}"
 
 
 def import_onnx(path: Path, batch: int):
@@ -234,21 +245,22 @@ def compile_tvm(onnx_path: str | Path, config: TvmCompileConfig = TvmCompileConf
     t0 = time.perf_counter()
     mod, _, inputs, outputs = import_onnx(path, config.batch)
     t_import = time.perf_counter() - t0
-    mod = _lower(mod, target)
+    mod = _lower(mod, target, config.layout)
     sha = model_hash(path)
-    work_dir = tuning_dir(sha, spec, config.batch, config.cache_dir)
-    tuning = _tune(path, config.batch, spec, work_dir, config.trials_per_task)
+    work_dir = tuning_dir(sha, spec, config.batch, config.cache_dir, config.layout)
+    tuning = _tune(path, config.batch, spec, work_dir, config.trials_per_task, config.layout)
     mod, schedules = _apply_schedules(mod, target, work_dir)
     t1 = time.perf_counter()
     executable = tvm.compile(mod, target=target)
     report = {"tvm_version": tvm.__version__, "target": spec, "target_name": config.target, "batch": config.batch,
+              "layout": config.layout,
               "onnx_sha256": sha, "import_s": round(t_import, 3), "compile_s": round(time.perf_counter() - t1, 3),
               "tuning": tuning, "schedules": schedules}
     return TvmBuild(executable, spec, config.target, inputs, outputs, report)
 
 
-def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, trials_per_task: int
-          ) -> dict[str, Any]:
+def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, trials_per_task: int,
+          layout: str = "NCHW") -> dict[str, Any]:
     """Run MetaSchedule unless the cached database already holds at least this budget.
 
     The search runs in a child process: a crash inside TVM's tuner (the apache-tvm 0.27.0.post1 wheel with
@@ -285,7 +297,7 @@ def _tune(onnx_path: Path, batch: int, spec: Mapping[str, Any], work_dir: Path, 
             "from pathlib import Path\n"
             "from edgecompress.runtime.backend_tvm import _search\n"
             f"_search(Path({str(onnx_path)!r}), json.loads({json.dumps(dict(spec))!r}), {batch}, {trials_per_task}, "
-            f"Path({str(work_dir)!r}), {done})\n")
+            f"Path({str(work_dir)!r}), {done}, {layout!r})\n")
     cmd = [sys.executable, "-c", code]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not meta_path.is_file():
@@ -334,7 +346,7 @@ def import_tensor_intrinsics() -> None:
 
 
 def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_task: int, work_dir: Path,
-            done: int = 0) -> None:
+            done: int = 0, layout: str = "NCHW") -> None:
     """The child process of ``_tune``: MetaSchedule over every fused operator, records into ``work_dir``.
 
     ``trials_per_task`` is the total budget per task; a database that already holds ``done`` trials per task
@@ -353,7 +365,7 @@ def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_tas
     import_tensor_intrinsics()
 
     target = tvm.target.Target(dict(spec))
-    mod = _lower(import_onnx(onnx_path, batch)[0], target)
+    mod = _lower(import_onnx(onnx_path, batch)[0], target, layout)
     t0 = time.perf_counter()
     tasks = ms.relax_integration.extract_tasks(mod, target)
     extra = trials_per_task - done
@@ -381,11 +393,14 @@ def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_tas
                        "tvm_version": tvm.__version__})
 
 
-def _lower(mod, target):
-    """Inference decompositions, then Relax's ``zero`` pipeline (legalize, fold constants, fuse)."""
+def _lower(mod, target, layout: str = "NCHW"):
+    """The conv layout (``NHWC``: ConvertLayout), inference decompositions, then Relax's ``zero`` pipeline
+    (legalize, fold constants, fuse)."""
     import tvm
     from tvm import relax
 
+    if layout == "NHWC":
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
     with target:
         return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                          relax.transform.CanonicalizeBindings(),

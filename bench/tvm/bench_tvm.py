@@ -32,7 +32,8 @@ from edgecompress.runtime.engine import EngineOptions, load_engine
 MODELS = {"digits_mnv2": ("mobilenetv2_cifar", {"width_mult": 0.5}), "mnv2_224": ("mobilenetv2", {})}
 
 
-def bench_model(key: str, trials: list[int], threads: int, repeats: int, rounds: int, work: Path) -> dict:
+def bench_model(key: str, trials: list[int], threads: int, repeats: int, rounds: int, work: Path,
+                layouts: tuple[str, ...] = ("NCHW",)) -> dict:
     name, options = MODELS[key]
     torch.manual_seed(0)
     model = zoo.create(name, num_classes=10, **options).eval()
@@ -41,23 +42,26 @@ def bench_model(key: str, trials: list[int], threads: int, repeats: int, rounds:
     ort = load_engine(path, "onnxruntime", EngineOptions(threads=threads))
     candidates = {"onnxruntime": ort}
     builds = {}
-    for n in trials:
-        t0 = time.perf_counter()
-        try:
-            # 0 trials means "no search", but records cached by an earlier tuned run would still be applied:
-            # the untuned baseline compiles against an empty cache of its own
-            cache = {"cache_dir": work / "untuned-cache"} if n == 0 else {}
-            engine, build = build_engine(path, TvmCompileConfig(trials_per_task=n, **cache), threads=threads)
-        except Exception as exc:  # noqa: BLE001 - a failed candidate is reported, the others still run
-            builds[f"tvm_trials{n}"] = {"error": f"{type(exc).__name__}: {exc}"}
-            print(f"[{key}] tvm trials={n}: FAILED {exc}", flush=True)
-            continue
-        builds[f"tvm_trials{n}"] = {**build.report, "wall_s": round(time.perf_counter() - t0, 1),
-                                    "time_evaluator_ms": LatencyStats.from_samples(
-                                        engine.measure(engine.example_feeds(), 3, repeats)).as_dict()}
-        candidates[f"tvm_trials{n}"] = engine
-        print(f"[{key}] tvm trials={n}: built in {builds[f'tvm_trials{n}']['wall_s']} s, "
-              f"schedules {build.report['schedules']}", flush=True)
+    for layout in layouts:
+        for n in trials:
+            name = f"tvm_trials{n}" if layout == "NCHW" else f"tvm_{layout.lower()}_trials{n}"
+            t0 = time.perf_counter()
+            try:
+                # 0 trials means "no search", but records cached by an earlier tuned run would still be
+                # applied: the untuned baseline compiles against an empty cache of its own
+                cache = {"cache_dir": work / "untuned-cache"} if n == 0 else {}
+                engine, build = build_engine(path, TvmCompileConfig(trials_per_task=n, layout=layout, **cache),
+                                             threads=threads)
+            except Exception as exc:  # noqa: BLE001 - a failed candidate is reported, the others still run
+                builds[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"[{key}] {name}: FAILED {exc}", flush=True)
+                continue
+            builds[name] = {**build.report, "wall_s": round(time.perf_counter() - t0, 1),
+                            "time_evaluator_ms": LatencyStats.from_samples(
+                                engine.measure(engine.example_feeds(), 3, repeats)).as_dict()}
+            candidates[name] = engine
+            print(f"[{key}] {name}: built in {builds[name]['wall_s']} s, schedules {build.report['schedules']}",
+                  flush=True)
     feeds = ort.example_feeds(batch=1)
     samples = interleaved({k: (lambda e=e: e.run(feeds)) for k, e in candidates.items()},
                           warmup=5, repeats=repeats, rounds=rounds)
@@ -99,7 +103,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--layouts", nargs="+", default=["NCHW"], choices=["NCHW", "NHWC"],
+                   help="convolution layouts to compile (TvmCompileConfig.layout), each with every --trials")
     p.add_argument("--out", default=str(Path(__file__).parent))
+    p.add_argument("--tag", default="", help="write results_<tag>.json/.md instead of results.json/.md")
     args = p.parse_args(argv)
     os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
@@ -109,15 +116,17 @@ def main(argv=None) -> int:
                        "load_avg_at_start": os.getloadavg()},
               "versions": {p: package_version(p) for p in ("apache-tvm", "apache-tvm-ffi", "onnxruntime", "torch")},
               "settings": {"threads": args.threads, "repeats": args.repeats, "rounds": args.rounds,
-                           "trials_per_task": args.trials, "batch": 1},
+                           "trials_per_task": args.trials, "layouts": args.layouts, "batch": 1},
               "source": "measured", "models": {}}
     with tempfile.TemporaryDirectory() as work:
         for key in args.models:
-            result["models"][key] = bench_model(key, args.trials, args.threads, args.repeats, args.rounds, Path(work))
+            result["models"][key] = bench_model(key, args.trials, args.threads, args.repeats, args.rounds, Path(work),
+                                                tuple(args.layouts))
     result["host"]["load_avg_at_end"] = os.getloadavg()
     out = Path(args.out)
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (out / "results.md").write_text(markdown(result))
+    stem = f"results_{args.tag}" if args.tag else "results"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

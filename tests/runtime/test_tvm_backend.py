@@ -70,6 +70,23 @@ def test_tuning_database_is_keyed_by_model_and_target(tmp_path):
     assert a == tuning_dir("ab" * 32, target_spec("rpi4"), 1, tmp_path)
     assert a != tuning_dir("ab" * 32, target_spec("rpi5"), 1, tmp_path)
     assert a != tuning_dir("cd" * 32, target_spec("rpi4"), 1, tmp_path)
+    assert a != tuning_dir("ab" * 32, target_spec("rpi4"), 1, tmp_path, layout="NHWC")  # other workloads
+
+
+def test_nhwc_layout_compiles_with_parity_and_bad_layout_is_refused(small_onnx):
+    engine = load_engine(small_onnx, "tvm", EngineOptions(threads=1, extra={"layout": "nhwc"}))
+    assert engine.info["layout"] == "NHWC" and engine.info["parity"]["max_rel_error"] <= 1e-4
+    import tvm
+
+    from edgecompress.runtime.backend_tvm import _lower, import_onnx
+
+    def transposes(layout):  # NHWC: the input is transposed to NHWC (and back before the pooled Flatten)
+        mod = _lower(import_onnx(small_onnx, 1)[0], tvm.target.Target("llvm"), layout)
+        return [g.name_hint for g in mod.get_global_vars() if "transpose" in g.name_hint]
+
+    assert transposes("NCHW") == [] and transposes("NHWC")
+    with pytest.raises(BadInputError, match="layout='NCHWc'"):
+        TvmCompileConfig(layout="NCHWc")
 
 
 def test_engine_matches_onnxruntime_and_times_with_time_evaluator(small_onnx):
