@@ -154,6 +154,8 @@ def table(out: Path) -> str:
              "written. One seed, one run each: on 360 images one image is 0.28 pt.", ""]
     for path in sorted(out.glob("*.json")):
         rec = json.loads(path.read_text())
+        if "fp32" not in rec or "runs" not in rec:
+            continue  # d_sweep.py's files: their own tables (<name>.md) next to them
         fp = rec["fp32"]
         lines += [f"## {rec['model']} {rec['options'] or ''} ({rec['input']}), {rec['vq_epochs']} VQ epochs "
                   f"[{path.name}]", "",
