@@ -6,8 +6,9 @@ The compile pipeline, in order (every step is TVM's own; nothing here schedules 
    and explicit Q/DQ INT8 files both import. An operator TVM cannot import is a ``BadInputError``
    naming the node(s) and the op.
 2. With ``layout="NHWC"``, Relax's ``ConvertLayout`` rewrites every conv2d to NHWC data and OHWI
-   weights (the layout change propagates through the elementwise ops; transposes only at the
-   boundaries; the weight transposes fold into constants). Then ``DecomposeOpsForInference``,
+   weights (the weight transposes fold into constants; the layout propagates through Relax ops, but
+   not through the frontend's Clip, a ``call_tir`` of TOPI maximum/minimum, so each ReLU6 gets a
+   transpose pair: measured no faster on MobileNetV2@224, bench/tvm/README.md). Then ``DecomposeOpsForInference``,
    ``CanonicalizeBindings`` and Relax's ``zero`` pipeline (legalize to TIR, fold constants, fuse)
    under the target.
 3. Schedules. Untuned Relax code is one plain loop nest per operator: single-threaded, no SIMD
