@@ -85,7 +85,7 @@ def _commit() -> str:
 
 
 def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int, int]] | None = None,
-          tag: str = "") -> dict:
+          tag: str = "", seed: int = 0, methods: tuple[str, ...] = ("lr2vq", "pq")) -> dict:
     spec = dict(MODELS[name])
     if grid is not None:
         spec["grid"], spec["sweep"] = grid, None
@@ -109,7 +109,7 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
               "fp32": {"val_accuracy": evaluate(model, val_dl), "epochs": spec["fp32_epochs"],
                        "seconds": round(time.perf_counter() - t0, 1),
                        "bytes": sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())},
-              "vq_epochs": epochs, "runs": [], "sweep": [],
+              "vq_epochs": epochs, "vq_seed": seed, "runs": [], "sweep": [],
               "machine": {"cpu": cpu_model(), "torch_threads": 1, "python": platform.python_version(),
                           "torch": torch.__version__, "note": "shared 2-core VM, contended by other jobs"},
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "code_commit": _commit()}
@@ -119,8 +119,9 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
     for i, (m, k) in enumerate(spec["grid"]):
         if i == 1 and spec["sweep"]:
             sweep(model, train_dl, val_dl, example, spec["sweep"], record, path, epochs)
-        for method in ("lr2vq", "pq"):
-            row = one_run(model, train_dl, val_dl, example, LR2VQConfig(k=k, m=m, epochs=epochs, method=method))
+        for method in methods:
+            row = one_run(model, train_dl, val_dl, example,
+                          LR2VQConfig(k=k, m=m, epochs=epochs, method=method, seed=seed))
             record["runs"].append(row)
             write_json_atomic(path, record)
             print(f"{name} {method} m={m} k={k} d={row['d']}: ratio {row['ratio']:.1f}x, "
@@ -157,7 +158,8 @@ def table(out: Path) -> str:
         if "fp32" not in rec or "runs" not in rec:
             continue  # d_sweep.py's files: their own tables (<name>.md) next to them
         fp = rec["fp32"]
-        lines += [f"## {rec['model']} {rec['options'] or ''} ({rec['input']}), {rec['vq_epochs']} VQ epochs "
+        seed = f", seed {rec['vq_seed']}" if rec.get("vq_seed") else ""
+        lines += [f"## {rec['model']} {rec['options'] or ''} ({rec['input']}), {rec['vq_epochs']} VQ epochs{seed} "
                   f"[{path.name}]", "",
                   f"FP32: val accuracy {fp['val_accuracy']:.2%}, {fp['bytes']} bytes of float tensors, "
                   f"{fp['epochs']} epochs. VQ: {rec['vq_epochs']} epochs per run (1/4 low-rank, 1/2 soft, 1/4 hard). "
@@ -215,6 +217,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help=f"VQ epochs per run (default {EPOCHS})")
     parser.add_argument("--grid", help="m:k pairs, comma-separated, replacing the model's grid (no d sweep)")
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
+    parser.add_argument("--seed", type=int, default=0, help="LR2VQConfig.seed (k-means and training order)")
+    parser.add_argument("--methods", nargs="+", default=["lr2vq", "pq"], choices=["lr2vq", "pq"])
     args = parser.parse_args()
     if args.table:
         print(table(Path(args.table)))
@@ -224,7 +228,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")] if args.grid else None
-    bench(args.model, out, args.epochs, grid, args.tag)
+    bench(args.model, out, args.epochs, grid, args.tag, args.seed, tuple(args.methods))
     table(out)
 
 
