@@ -140,7 +140,8 @@ def sweep(model, train_dl, val_dl, example, spec, record: dict, path: Path, epoc
     for d in ds:
         if d == estimated["d"]:
             continue
-        row = one_run(model, train_dl, val_dl, example, LR2VQConfig(k=k, m=m, d=d, epochs=epochs))
+        row = one_run(model, train_dl, val_dl, example,
+                      LR2VQConfig(k=k, m=m, d=d, epochs=epochs, seed=record.get("vq_seed", 0)))
         record["sweep"].append({**row, "estimated": False})
         record["sweep"].sort(key=lambda r: r["d"])
         write_json_atomic(path, record)
