@@ -105,7 +105,8 @@ def main() -> None:
 
     fit_all = fit_calibration([costs[n] for n in names], measured, peak, bandwidth,
                               ref=f"bench/profiler: {len(names)} zoo models, onnxruntime "
-                                  f"{package_version('onnxruntime')}, {args.threads} thread(s), batch 1, min latency")
+                                  f"{package_version('onnxruntime')}, {args.threads} thread(s), batch 1, "
+                                  f"{'min' if q == 0 else f'p{q:g}'} latency")
     from edgecompress.devices.estimate import Calibration
 
     raw = Calibration()
@@ -116,14 +117,13 @@ def main() -> None:
         pred = {"raw": predict_ms(costs[n], peak, bandwidth, raw), "loo": predict_ms(costs[n], peak, bandwidth, loo),
                 "fit": predict_ms(costs[n], peak, bandwidth, fit_all)}
         m = measured[i]
+        pass_ms = [float(np.percentile(p[n], q)) for p in passes]
         rows.append({"model": n, "macs": sum(c.macs for c in costs[n]), "nodes": len(costs[n]),
                      "weight_bytes": sum(c.weight_bytes for c in costs[n]),
                      "measured_ms": m, "measured_min_ms": float(np.min(samples[n])),
                      "measured_median_ms": float(np.median(samples[n])),
                      "measured_max_ms": float(np.max(samples[n])), "runs": len(samples[n]),
-                     "pass_ms": [float(np.percentile(p[n], q)) for p in passes],
-                     "pass_to_pass": (max(np.percentile(p[n], q) for p in passes)
-                                      / min(np.percentile(p[n], q) for p in passes) - 1),
+                     "pass_ms": pass_ms, "pass_to_pass": max(pass_ms) / min(pass_ms) - 1,
                      **{f"predicted_{k}_ms": v for k, v in pred.items()},
                      **{f"error_{k}": v / m - 1 for k, v in pred.items()}, "loo_calibration": loo.as_dict()})
         print(f"{n:32s} measured {m:9.3f} ms  loo {pred['loo']:9.3f} ({100 * (pred['loo'] / m - 1):+6.1f}%)  "

@@ -16,9 +16,11 @@ from edgecompress.export.onnx import export_onnx
 from edgecompress.runtime.backend_tvm import (
     EM_AARCH64,
     TvmCompileConfig,
+    _lower,
     build_engine,
     compile_tvm,
     elf_machine,
+    import_onnx,
     tuning_dir,
 )
 from edgecompress.runtime.engine import EngineOptions, load_engine, relative_error
@@ -77,8 +79,6 @@ def test_nhwc_layout_compiles_with_parity_and_bad_layout_is_refused(small_onnx):
     engine = load_engine(small_onnx, "tvm", EngineOptions(threads=1, extra={"layout": "nhwc"}))
     assert engine.info["layout"] == "NHWC" and engine.info["parity"]["max_rel_error"] <= 1e-4
     import tvm
-
-    from edgecompress.runtime.backend_tvm import _lower, import_onnx
 
     def transposes(layout):  # NHWC: the input is transposed to NHWC (and back before the pooled Flatten)
         mod = _lower(import_onnx(small_onnx, 1)[0], tvm.target.Target("llvm"), layout)
