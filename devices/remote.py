@@ -82,6 +82,9 @@ class RemoteTarget:
 
 
 def _rpc():
+    from edgecompress.runtime.tvm_targets import default_thread_pool_env
+
+    default_thread_pool_env()  # a server started here runs kernels in a child that inherits it
     try:
         from tvm import rpc
     except ImportError as exc:
@@ -199,6 +202,7 @@ def serve_tracker(host: str = LOOPBACK, port: int = 9190, port_end: int = 9290) 
 def serve_board(key: str | None = None, tracker: tuple[str, int] | None = None, host: str = LOOPBACK,
                 port: int = 9300, port_end: int = 9400, wait_s: float = 10.0) -> LocalService:
     """TVM's RPC server (a board); registered with ``tracker`` under ``key`` when given."""
+    _rpc()
     from tvm.rpc.server import Server
 
     if (key is None) != (tracker is None):

@@ -42,6 +42,7 @@ import json
 import os
 import struct
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ import numpy as np
 from edgecompress.errors import BadInputError, CheckFailedError, MissingDependencyError
 from edgecompress.fileio import write_json_atomic
 from edgecompress.runtime.engine import RUNTIMES, Engine, EngineOptions, TensorSpec, relative_error
-from edgecompress.runtime.tvm_targets import cross_compiler, is_cross, target_spec
+from edgecompress.runtime.tvm_targets import cross_compiler, default_thread_pool_env, is_cross, target_spec
 
 EM_AARCH64 = 183
 EM_X86_64 = 62
@@ -153,6 +154,7 @@ def elf_machine(path: str | Path) -> tuple[int, int]:
 
 
 def _import_tvm():
+    default_thread_pool_env()
     try:
         import tvm
         from tvm import relax  # noqa: F401
@@ -430,13 +432,15 @@ def _apply_schedules(mod, target, work_dir: Path):
 
 
 def configure_threads(threads: int | None) -> int:
-    """Size TVM's CPU thread pool (``runtime.config_threadpool``, mode 1 = all big cores).
+    """Size TVM's CPU thread pool (``runtime.config_threadpool``, mode 1 = all big cores); returns the
+    threads TVM will really use (``runtime.NumThreads``), which can be fewer than asked when the pool was
+    created smaller (``TVM_NUM_THREADS``; see ``tvm_targets.default_thread_pool_env``): a warning says so.
 
     TVM pins the calling thread to one core while it configures the pool; the caller's affinity is put back
     afterwards, or every thread the process starts later (onnxruntime's and torch's pools) would inherit a
     one-core mask.
     """
-    import tvm
+    tvm = _import_tvm()
 
     from edgecompress.devices.host import usable_cores
 
@@ -445,7 +449,13 @@ def configure_threads(threads: int | None) -> int:
     tvm.get_global_func("runtime.config_threadpool")(1, n)
     if mask is not None:
         os.sched_setaffinity(0, mask)
-    return n
+    used = int(tvm.get_global_func("runtime.NumThreads")())
+    if used < n:
+        warnings.warn(f"TVM runs {used} thread(s), not {n}: its pool was created with "
+                      f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')!r} / "
+                      f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r} and cannot grow; set "
+                      f"TVM_NUM_THREADS={n} before TVM first runs in this process", RuntimeWarning, stacklevel=2)
+    return used
 
 
 class TvmEngine(Engine):

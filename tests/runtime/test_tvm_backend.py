@@ -207,6 +207,40 @@ def test_thread_pool_leaves_the_process_affinity_and_the_host_target_alone():
     configure_threads(None)
 
 
+def _threads_in_fresh_process(env_threads: str | None, ask: int) -> tuple[int, int, list[str]]:
+    """configure_threads(ask) in a new Python (TVM's pool is sized once per process): what it returned,
+    the threads TVM's pool really uses, the warnings."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    if env_threads is not None:
+        env["TVM_NUM_THREADS"] = env_threads
+    code = ("import json, warnings\n"
+            "from edgecompress.runtime.backend_tvm import configure_threads\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            f"    n = configure_threads({ask})\n"
+            "import tvm\n"
+            "used = tvm.get_global_func('runtime.NumThreads')()\n"
+            "print(json.dumps([n, used, [str(x.message) for x in w]]))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    n, used, warned = json.loads(out.strip().splitlines()[-1])
+    return n, used, warned
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2 if hasattr(os, "sched_getaffinity") else True,
+                    reason="needs 2 usable cores")
+def test_tvm_uses_every_usable_core_unless_told_otherwise():
+    # TVM's own default on x86 is half the logical CPUs: one thread on a 2-vCPU VM, which halved the speed
+    cores = len(os.sched_getaffinity(0))
+    assert _threads_in_fresh_process(None, cores) == (cores, cores, [])
+    n, used, warned = _threads_in_fresh_process("1", cores)  # the user's setting wins, and we say what it costs
+    assert n == used == 1 and len(warned) == 1 and "TVM_NUM_THREADS='1'" in warned[0]
+
+
 @pytest.mark.slow
 def test_metaschedule_tunes_and_the_records_are_applied(small_onnx, tmp_path):
     build = compile_tvm(small_onnx, TvmCompileConfig(trials_per_task=2, cache_dir=tmp_path))
