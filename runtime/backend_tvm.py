@@ -6,9 +6,10 @@ The compile pipeline, in order (every step is TVM's own; nothing here schedules 
    and explicit Q/DQ INT8 files both import. An operator TVM cannot import is a ``BadInputError``
    naming the node(s) and the op.
 2. With ``layout="NHWC"``, Relax's ``ConvertLayout`` rewrites every conv2d to NHWC data and OHWI
-   weights (the weight transposes fold into constants; the layout propagates through Relax ops, but
-   not through the frontend's Clip, a ``call_tir`` of TOPI maximum/minimum, so each ReLU6 gets a
-   transpose pair: measured no faster on MobileNetV2@224, bench/tvm/README.md). Then ``DecomposeOpsForInference``,
+   weights (the weight transposes fold into constants; the layout propagates through Relax ops).
+   The frontend imports Clip (ReLU6) as a ``call_tir`` of TOPI maximum/minimum, which ConvertLayout
+   cannot see through (a transpose pair per ReLU6), so ``clip_as_relax_ops`` first turns those calls
+   with constant bounds back into ``R.maximum``/``R.minimum``. Then ``DecomposeOpsForInference``,
    ``CanonicalizeBindings`` and Relax's ``zero`` pipeline (legalize to TIR, fold constants, fuse)
    under the target.
 3. Schedules. Untuned Relax code is one plain loop nest per operator: single-threaded, no SIMD
@@ -196,13 +197,18 @@ def model_hash(path: str | Path) -> str:
     return sha256_file(path)
 
 
+# the database suffix per layout; "-nhwc2": since Clip is rewritten before ConvertLayout (other tasks
+# than the first NHWC pipeline's, whose databases would otherwise count as tuned)
+_LAYOUT_SUFFIX = {"NCHW": "", "NHWC": "-nhwc2"}
+
+
 def tuning_dir(onnx_sha256: str, target: Mapping[str, Any], batch: int, root: Path | None = None,
                layout: str = "NCHW") -> Path:
-    """``<root>/tvm/<model sha256[:16]>-b<batch>-<sha256(target JSON)[:12]>[-<layout>]``: one database per
-    model, target and layout (the default NCHW has no suffix)."""
+    """``<root>/tvm/<model sha256[:16]>-b<batch>-<sha256(target JSON)[:12]><layout suffix>``: one database
+    per model, target and layout pipeline (the default NCHW has no suffix)."""
     base = root or Path(os.environ.get("EDGECOMPRESS_CACHE") or Path.home() / ".cache" / "edgecompress") / "tvm"
     key = hashlib.sha256(json.dumps(dict(target), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(base) / f"{onnx_sha256[:16]}-b{batch}-{key}{'' if layout == 'NCHW' else '-' + layout.lower()}"
+    return Path(base) / f"{onnx_sha256[:16]}-b{batch}-{key}{_LAYOUT_SUFFIX[layout]}"
 
 
 def import_onnx(path: Path, batch: int):
@@ -397,17 +403,58 @@ def _search(onnx_path: Path, spec: Mapping[str, Any], batch: int, trials_per_tas
 
 
 def _lower(mod, target, layout: str = "NCHW"):
-    """The conv layout (``NHWC``: ConvertLayout), inference decompositions, then Relax's ``zero`` pipeline
-    (legalize, fold constants, fuse)."""
+    """The conv layout (``NHWC``: Clip as Relax ops, then ConvertLayout), inference decompositions, then
+    Relax's ``zero`` pipeline (legalize, fold constants, fuse)."""
     import tvm
     from tvm import relax
 
     if layout == "NHWC":
-        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(mod)
+        mod = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "OHWI"]})(clip_as_relax_ops(mod))
     with target:
         return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
                                          relax.transform.CanonicalizeBindings(),
                                          relax.get_pipeline("zero")])(mod)
+
+
+def clip_as_relax_ops(mod):
+    """Rewrite the ONNX frontend's Clip, ``call_tir`` of TOPI ``maximum``/``minimum`` with a scalar bound,
+    into ``R.maximum``/``R.minimum``, so Relax passes that reason about ops (``ConvertLayout``) see through
+    it. Bounds are the frontend's ``where(isnan(c), +-inf, c)`` of a constant ``c``; a NaN or non-constant
+    bound is left as it was. The unused TIR functions are dropped."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax import PyExprMutator, expr_functor
+
+    ops = {"maximum": relax.op.maximum, "minimum": relax.op.minimum}
+
+    def is_op(expr, name: str) -> bool:
+        return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
+
+    @expr_functor.mutator
+    class Rewrite(PyExprMutator):
+        def scalar(self, expr):
+            if isinstance(expr, relax.Var):
+                expr = self.lookup_binding(expr)
+            if isinstance(expr, tvm.ir.expr.Constant) and expr.ty.ndim == 0:
+                return None if np.isnan(expr.value.numpy()) else expr
+            if is_op(expr, "relax.where"):  # where(isnan(c), inf, c): c, when c is a number
+                return self.scalar(expr.args[2])
+            return None
+
+        def visit_call_(self, call):
+            if is_op(call, "relax.call_tir") and len(call.args[1].fields) == 2:
+                op = ops.get(call.args[0].name_hint.rstrip("0123456789"))
+                bound = self.scalar(call.args[1].fields[1]) if op is not None else None
+                if bound is not None:
+                    return op(self.visit_expr(call.args[1].fields[0]), bound)
+            return super().visit_call_(call)
+
+    rewrite = Rewrite(mod)
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewrite.builder_.update_func(gv, rewrite.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(rewrite.builder_.get())
 
 
 def _apply_schedules(mod, target, work_dir: Path):

@@ -89,6 +89,28 @@ def test_nhwc_layout_compiles_with_parity_and_bad_layout_is_refused(small_onnx):
         TvmCompileConfig(layout="NCHWc")
 
 
+def test_nhwc_sees_through_relu6(tmp_path):
+    # the frontend's Clip is a call_tir that ConvertLayout cannot see through: a transpose pair per ReLU6
+    # unless clip_as_relax_ops turns it back into Relax ops first
+    import tvm
+
+    from edgecompress.runtime.backend_tvm import clip_as_relax_ops
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                          nn.ReLU6(), nn.Conv2d(8, 4, 1)).eval()
+    path = tmp_path / "relu6.onnx"
+    export_onnx(model, torch.randn(1, 3, 8, 8), path)
+    mod = import_onnx(path, 1)[0]
+    names = lambda m: sorted(g.name_hint for g in m.get_global_vars())  # noqa: E731
+    assert {"maximum", "minimum"} <= set(names(mod))
+    assert not {"maximum", "minimum"} & set(names(clip_as_relax_ops(mod)))
+    lowered = _lower(mod, tvm.target.Target("llvm"), "NHWC")
+    assert len([n for n in names(lowered) if "transpose" in n]) == 2  # the input and the output only
+    engine = load_engine(path, "tvm", EngineOptions(threads=1, extra={"layout": "NHWC"}))
+    assert engine.info["parity"]["max_rel_error"] <= 1e-4
+
+
 def test_engine_matches_onnxruntime_and_times_with_time_evaluator(small_onnx):
     engine = load_engine(small_onnx, "tvm", EngineOptions(threads=2))
     assert engine.info["parity"]["max_rel_error"] <= 1e-4
