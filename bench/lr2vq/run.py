@@ -85,7 +85,7 @@ def _commit() -> str:
 
 
 def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int, int]] | None = None,
-          tag: str = "", seed: int = 0, methods: tuple[str, ...] = ("lr2vq", "pq")) -> dict:
+          tag: str = "", seed: int = 0, methods: tuple[str, ...] = ("lr2vq", "pq"), d_below_m: bool = False) -> dict:
     spec = dict(MODELS[name])
     if grid is not None:
         spec["grid"], spec["sweep"] = grid, None
@@ -110,6 +110,7 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
                        "seconds": round(time.perf_counter() - t0, 1),
                        "bytes": sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())},
               "vq_epochs": epochs, "vq_seed": seed, "runs": [], "sweep": [],
+              "d_candidates": "1..m-1 (--d-below-m)" if d_below_m else "1..m (default)",
               "machine": {"cpu": cpu_model(), "torch_threads": 1, "python": platform.python_version(),
                           "torch": torch.__version__, "note": "shared 2-core VM, contended by other jobs"},
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "code_commit": _commit()}
@@ -121,7 +122,8 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
             sweep(model, train_dl, val_dl, example, spec["sweep"], record, path, epochs)
         for method in methods:
             row = one_run(model, train_dl, val_dl, example,
-                          LR2VQConfig(k=k, m=m, epochs=epochs, method=method, seed=seed))
+                          LR2VQConfig(k=k, m=m, epochs=epochs, method=method, seed=seed,
+                                      d_candidates=tuple(range(1, m)) if d_below_m and method == "lr2vq" else None))
             record["runs"].append(row)
             write_json_atomic(path, record)
             print(f"{name} {method} m={m} k={k} d={row['d']}: ratio {row['ratio']:.1f}x, "
@@ -220,6 +222,8 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument("--seed", type=int, default=0, help="LR2VQConfig.seed (k-means and training order)")
     parser.add_argument("--methods", nargs="+", default=["lr2vq", "pq"], choices=["lr2vq", "pq"])
+    parser.add_argument("--d-below-m", action="store_true",
+                        help="LR2VQ's d estimate chooses among 1..m-1 only (a true low-rank projection)")
     args = parser.parse_args()
     if args.table:
         print(table(Path(args.table)))
@@ -229,7 +233,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")] if args.grid else None
-    bench(args.model, out, args.epochs, grid, args.tag, args.seed, tuple(args.methods))
+    bench(args.model, out, args.epochs, grid, args.tag, args.seed, tuple(args.methods), args.d_below_m)
     table(out)
 
 
