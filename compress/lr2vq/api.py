@@ -64,7 +64,9 @@ class LR2VQConfig:
         k: codebook size per layer (codes take ``ceil(log2 k)`` bits).
         m: sub-vector size; sets the compression ratio.
         d: clustering dimensionality ``1 <= d <= m``; ``None`` estimates it from the weights
-            (``estimate.estimate_d``). Ignored by ``method="pq"`` (d = m).
+            (``estimate.estimate_d``). Ignored by ``method="pq"`` (d = m). With ``d = m`` there is no
+            rank to reduce and the projection is the identity, fixed: LR²VQ is then PQ (a learned full-rank
+            projection measured 1.4 and 2.2 points *below* PQ on MobileNetV2 at m=4, k=256, two seeds).
         method: ``"lr2vq"`` or ``"pq"`` (the baseline: k-means on raw sub-vectors, P = I).
         epochs: total training epochs, split into low-rank / soft / hard phases (see module docstring).
         lr: AdamW learning rate of every phase (cosine-decayed within a phase).
@@ -256,6 +258,7 @@ def vq(model: nn.Module, train_data: DataLoader, config: LR2VQConfig = LR2VQConf
         layers = [(p.name, to_subvectors(modules[p.name].weight.detach().float(), config.m), p.k) for p in quantised]
         estimate = estimate_d(layers, config.m, config.d_candidates, seed=config.seed)
         d = estimate.d
+    identity = identity or d == config.m  # no rank to reduce: P = I, nothing stored (LR2VQConfig.d)
     _size_check(plans, modules, config.m, d, identity, config.min_saving)
     quantised = [p for p in plans if p.quantised]
     if not quantised:
@@ -308,7 +311,9 @@ def vq(model: nn.Module, train_data: DataLoader, config: LR2VQConfig = LR2VQConf
         "method": config.method,
         "config": asdict(config),
         "d": d,
-        "d_source": "pq: d = m" if identity else ("config" if config.d is not None else "estimated"),
+        "d_source": "pq: d = m" if config.method == "pq" else ("config" if config.d is not None else "estimated"),
+        "projection": "identity (d = m: LR²VQ is PQ here)" if identity and config.method != "pq"
+        else ("identity" if identity else "learned, m x d"),
         "d_estimate": estimate.as_dict() if estimate is not None else None,
         "layers": layer_lines,
         "quantised_layers": len(quantised),

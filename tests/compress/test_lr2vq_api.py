@@ -64,6 +64,20 @@ def test_pq_uses_identity_projection_and_same_schedule():
     assert result.report["d_source"] == "pq: d = m" and result.report["phases"] == {}
 
 
+def test_lr2vq_at_d_equal_m_is_pq_exactly():
+    # no rank to reduce: the projection is the identity, so LR2VQ and the PQ baseline are the same run
+    runs = {method: vq(_pruned_like(), *_loaders()[:1], LR2VQConfig(k=8, m=4, d=4, epochs=4, method=method),
+                       _loaders()[1]) for method in ("lr2vq", "pq")}  # fresh loaders: the same shuffles
+    lr, pq = runs["lr2vq"], runs["pq"]
+    assert all(b.identity and b.proj is None for b in lr.model.modules() if isinstance(b, LR2VQLayer))
+    assert lr.report["projection"].startswith("identity (d = m") and lr.report["d_source"] == "config"
+    assert lr.report["ratio"] == pq.report["ratio"] and lr.report["val_accuracy"] == pq.report["val_accuracy"]
+    a, b = lr.model.state_dict(), pq.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    learned = vq(_pruned_like(), _loaders()[0], LR2VQConfig(k=8, m=4, d=2, epochs=0))
+    assert learned.report["projection"] == "learned, m x d"
+
+
 def test_per_layer_policy_lines():
     model = _pruned_like()
     # m=8: stem 324 weights (8 does not divide), conv 2160 (L=108, 8 does not divide L but divides 2160), fc 40
@@ -85,12 +99,13 @@ def test_per_layer_policy_lines():
 def test_layer_that_would_not_shrink_enough_stays_uncompressed():
     train_dl, val_dl = _loaders()
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 16), nn.Linear(16, 4))
-    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0), val_dl)
+    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=3, epochs=0, min_saving=3), val_dl)
     lines = {ln["name"]: ln for ln in result.report["layers"]}
-    # Linear(16, 4): N = 16, k = 4: 16x2 + 4x4x16 + 4x4x16 + 4x16 = 608 bits vs 68 x 16 = 1088 fp16 bits: < 2x
+    # Linear(16, 4): N = 16, k = 4, d = 3: codes 16x2 + codebook 4x3x16 + P 4x3x16 + bias 4x16 = 480 bits
+    # vs 68 x 16 = 1088 fp16 bits: 2.3x < 3x
     assert lines["2"]["status"] == "uncompressed (fp16)" and "not worth" in lines["2"]["reason"]
     assert lines["1"]["status"] == "quantised"
-    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=4, epochs=0, min_saving=1.5), val_dl)
+    result = vq(model, train_dl, LR2VQConfig(k=4, m=4, d=3, epochs=0, min_saving=2), val_dl)
     assert result.report["quantised_layers"] == 2
 
 
