@@ -65,8 +65,9 @@ class LR2VQConfig:
         m: sub-vector size; sets the compression ratio.
         d: clustering dimensionality ``1 <= d <= m``; ``None`` estimates it from the weights
             (``estimate.estimate_d``). Ignored by ``method="pq"`` (d = m). With ``d = m`` there is no
-            rank to reduce and the projection is the identity, fixed: LR²VQ is then PQ (a learned full-rank
-            projection measured 1.4 and 2.2 points *below* PQ on MobileNetV2 at m=4, k=256, two seeds).
+            rank to reduce and the projection is the identity, fixed and not stored: LR²VQ is then PQ (a
+            learned full-rank projection gave the same accuracy on MobileNetV2 at m=4, k=256 on the same data
+            order, 94.17 % both, and costs m x m fp16 per layer).
         method: ``"lr2vq"`` or ``"pq"`` (the baseline: k-means on raw sub-vectors, P = I).
         epochs: total training epochs, split into low-rank / soft / hard phases (see module docstring).
         lr: AdamW learning rate of every phase (cosine-decayed within a phase).
