@@ -24,7 +24,9 @@ The compile pipeline, in order (every step is TVM's own; nothing here schedules 
    ``Reduction`` rule also matches convolutions and made MobileNetV2 1.5x *slower* than the default
    loop nests here, so it is not applied.)
 4. ``tvm.compile`` for the target, then a ``relax.VirtualMachine`` on the CPU. The thread pool is
-   sized with ``runtime.config_threadpool`` (``EngineOptions.threads``; default all usable cores).
+   created with ``TVM_NUM_THREADS`` = the usable cores unless set (``tvm_targets.default_thread_pool_env``;
+   TVM's own default is half the logical CPUs on x86) and sized with ``runtime.config_threadpool``
+   (``EngineOptions.threads``; default all usable cores).
 5. Parity: the engine's outputs on random inputs against onnxruntime's on the same ONNX file;
    ``CheckFailedError`` naming the worst output when ``max|tvm - ort| / max|ort|`` exceeds ``rtol``.
 
