@@ -501,8 +501,7 @@ def configure_threads(threads: int | None) -> int:
     used = int(tvm.get_global_func("runtime.NumThreads")())
     if used < n:
         warnings.warn(f"TVM runs {used} thread(s), not {n}: its pool was created with "
-                      f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')!r} / "
-                      f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r} and cannot grow; set "
+                      f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS')!r} and cannot grow; set "
                       f"TVM_NUM_THREADS={n} before TVM first runs in this process", RuntimeWarning, stacklevel=2)
     return used
 

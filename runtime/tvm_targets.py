@@ -36,21 +36,21 @@ TARGETS: dict[str, dict[str, Any]] = {
 
 
 def default_thread_pool_env() -> str:
-    """Set ``TVM_NUM_THREADS`` to the usable cores unless the user set it (or ``OMP_NUM_THREADS``).
+    """Set ``TVM_NUM_THREADS`` to the usable cores unless the user set it; returns its value.
 
     TVM sizes its CPU thread pool once, when first used, from ``TVM_NUM_THREADS``, else
     ``OMP_NUM_THREADS``, else half of ``std::thread::hardware_concurrency()`` on x86 (it assumes two
     hyper-threads per core). On a VM whose vCPUs are one thread per core that halves the pool (one thread
     on a 2-vCPU machine, measured: MobileNetV2@224 35 ms vs 17 ms with two), and
-    ``runtime.config_threadpool`` cannot grow the pool later. Must run before TVM first runs a kernel in
-    this process, and before processes that run TVM (tuning workers, an RPC server) are started.
-    Returns the value in effect.
+    ``runtime.config_threadpool`` cannot grow the pool later. ``OMP_NUM_THREADS`` is not taken as a TVM
+    setting (it is usually meant for torch/BLAS; onnxruntime ignores it too): the pool gets every core
+    and ``EngineOptions.threads`` picks how many an engine uses. Must run before TVM first runs a kernel
+    in this process, and before processes that run TVM (tuning workers, an RPC server) are started.
     """
     from edgecompress.devices.host import usable_cores
 
-    if "TVM_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in os.environ:
-        os.environ["TVM_NUM_THREADS"] = str(usable_cores())
-    return os.environ.get("TVM_NUM_THREADS") or os.environ["OMP_NUM_THREADS"]
+    os.environ.setdefault("TVM_NUM_THREADS", str(usable_cores()))
+    return os.environ["TVM_NUM_THREADS"]
 
 
 def _from_profiles(name: str) -> dict[str, Any] | None:

@@ -236,7 +236,8 @@ def _threads_in_fresh_process(env_threads: str | None, ask: int) -> tuple[int, i
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    env["OMP_NUM_THREADS"] = "1"  # meant for torch/BLAS (the test suite sets it): not a TVM setting here
     if env_threads is not None:
         env["TVM_NUM_THREADS"] = env_threads
     code = ("import json, warnings\n"
