@@ -61,6 +61,7 @@ def main() -> None:
         for d in [None, *args.ds]:
             if d is not None and d == estimated_d:
                 continue
+            train_dl = digits_loaders(batch_size=64, size=bench.SIZE, seed=0)[0]  # the same order for every d
             res = vq(model, train_dl, LR2VQConfig(k=args.k, m=args.m, d=d, epochs=args.epochs, seed=seed),
                      val_data=val_dl)
             rep = res.report

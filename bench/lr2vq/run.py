@@ -56,6 +56,9 @@ def ort_accuracy(path: str, loader) -> float:
 
 
 def one_run(model, train_dl, val_dl, example, config: LR2VQConfig) -> dict:
+    # a fresh training loader per run: the shuffle generator of a shared one moves on with every run, so
+    # an LR2VQ run and the PQ run after it would train on different data orders (results/notes.md)
+    train_dl = digits_loaders(batch_size=64, size=SIZE, seed=0)[0]
     result = vq(model, train_dl, config, val_data=val_dl)
     with tempfile.TemporaryDirectory() as tmp:
         files = write_artifacts(result, tmp, example)
