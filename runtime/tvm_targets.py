@@ -35,8 +35,8 @@ TARGETS: dict[str, dict[str, Any]] = {
 }
 
 
-def default_thread_pool_env() -> str:
-    """Set ``TVM_NUM_THREADS`` to the usable cores unless the user set it; returns its value.
+def default_thread_pool_env() -> None:
+    """Set ``TVM_NUM_THREADS`` to the usable cores unless the user set it.
 
     TVM sizes its CPU thread pool once, when first used, from ``TVM_NUM_THREADS``, else
     ``OMP_NUM_THREADS``, else half of ``std::thread::hardware_concurrency()`` on x86 (it assumes two
@@ -50,7 +50,6 @@ def default_thread_pool_env() -> str:
     from edgecompress.devices.host import usable_cores
 
     os.environ.setdefault("TVM_NUM_THREADS", str(usable_cores()))
-    return os.environ["TVM_NUM_THREADS"]
 
 
 def _from_profiles(name: str) -> dict[str, Any] | None:

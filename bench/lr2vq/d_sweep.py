@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 on a quiet 2-core machine)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    train_dl, val_dl = digits_loaders(batch_size=64, size=bench.SIZE, seed=0)
+    val_dl = digits_loaders(batch_size=64, size=bench.SIZE, seed=0)[1]
     cache = OUT / "resnet20_fp32.pt"
     if not cache.is_file():
         raise SystemExit(f"{cache} missing: run `bench/lr2vq/run.py --model resnet20` first (it trains and caches it)")
@@ -61,9 +61,8 @@ def main() -> None:
         for d in [None, *args.ds]:
             if d is not None and d == estimated_d:
                 continue
-            train_dl = digits_loaders(batch_size=64, size=bench.SIZE, seed=0)[0]  # the same order for every d
-            res = vq(model, train_dl, LR2VQConfig(k=args.k, m=args.m, d=d, epochs=args.epochs, seed=seed),
-                     val_data=val_dl)
+            config = LR2VQConfig(k=args.k, m=args.m, d=d, epochs=args.epochs, seed=seed)
+            res = vq(model, bench.fresh_train_loader(), config, val_data=val_dl)
             rep = res.report
             if d is None:
                 estimated_d = rep["d"]

@@ -55,11 +55,14 @@ def ort_accuracy(path: str, loader) -> float:
     return correct / total
 
 
-def one_run(model, train_dl, val_dl, example, config: LR2VQConfig) -> dict:
-    # a fresh training loader per run: the shuffle generator of a shared one moves on with every run, so
-    # an LR2VQ run and the PQ run after it would train on different data orders (results/notes.md)
-    train_dl = digits_loaders(batch_size=64, size=SIZE, seed=0)[0]
-    result = vq(model, train_dl, config, val_data=val_dl)
+def fresh_train_loader():
+    """A new training loader per VQ run: the shuffle generator of a shared one moves on with every run, so
+    an LR2VQ run and the PQ run after it would train on different data orders (results/notes.md)."""
+    return digits_loaders(batch_size=64, size=SIZE, seed=0)[0]
+
+
+def one_run(model, val_dl, example, config: LR2VQConfig) -> dict:
+    result = vq(model, fresh_train_loader(), config, val_data=val_dl)
     with tempfile.TemporaryDirectory() as tmp:
         files = write_artifacts(result, tmp, example)
         compact_acc = ort_accuracy(files["compact_onnx"]["path"], val_dl)
@@ -122,9 +125,9 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
     print(f"{name}: FP32 val accuracy {record['fp32']['val_accuracy']:.4f}", flush=True)
     for i, (m, k) in enumerate(spec["grid"]):
         if i == 1 and spec["sweep"]:
-            sweep(model, train_dl, val_dl, example, spec["sweep"], record, path, epochs)
+            sweep(model, val_dl, example, spec["sweep"], record, path, epochs)
         for method in methods:
-            row = one_run(model, train_dl, val_dl, example,
+            row = one_run(model, val_dl, example,
                           LR2VQConfig(k=k, m=m, epochs=epochs, method=method, seed=seed,
                                       d_candidates=tuple(range(1, m)) if d_below_m and method == "lr2vq" else None))
             record["runs"].append(row)
@@ -133,11 +136,11 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
                   f"acc {row['val_accuracy']:.4f}, ckpt {row['checkpoint_bytes']} B, {row['seconds']:.0f} s",
                   flush=True)
     if spec["sweep"] and len(spec["grid"]) == 1:
-        sweep(model, train_dl, val_dl, example, spec["sweep"], record, path, epochs)
+        sweep(model, val_dl, example, spec["sweep"], record, path, epochs)
     return record
 
 
-def sweep(model, train_dl, val_dl, example, spec, record: dict, path: Path, epochs: int) -> None:
+def sweep(model, val_dl, example, spec, record: dict, path: Path, epochs: int) -> None:
     """LR2VQ at fixed (m, k) for each d in the sweep, next to the run with the estimated d."""
     m, k, ds = spec
     estimated = next(r for r in record["runs"] if r["m"] == m and r["k"] == k and r["method"] == "lr2vq")
@@ -145,7 +148,7 @@ def sweep(model, train_dl, val_dl, example, spec, record: dict, path: Path, epoc
     for d in ds:
         if d == estimated["d"]:
             continue
-        row = one_run(model, train_dl, val_dl, example,
+        row = one_run(model, val_dl, example,
                       LR2VQConfig(k=k, m=m, d=d, epochs=epochs, seed=record.get("vq_seed", 0)))
         record["sweep"].append({**row, "estimated": False})
         record["sweep"].sort(key=lambda r: r["d"])
