@@ -91,7 +91,8 @@ def _commit() -> str:
 
 
 def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int, int]] | None = None,
-          tag: str = "", seed: int = 0, methods: tuple[str, ...] = ("lr2vq", "pq"), d_below_m: bool = False) -> dict:
+          tag: str = "", seed: int = 0, methods: tuple[str, ...] = ("lr2vq", "pq"), d_below_m: bool = False,
+          distill: float = 0.0, bn_bits: int = 16) -> dict:
     spec = dict(MODELS[name])
     if grid is not None:
         spec["grid"], spec["sweep"] = grid, None
@@ -115,7 +116,7 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
               "fp32": {"val_accuracy": evaluate(model, val_dl), "epochs": spec["fp32_epochs"],
                        "seconds": round(time.perf_counter() - t0, 1),
                        "bytes": sum(4 * t.numel() for t in model.state_dict().values() if t.is_floating_point())},
-              "vq_epochs": epochs, "vq_seed": seed, "runs": [], "sweep": [],
+              "vq_epochs": epochs, "vq_seed": seed, "distill": distill, "bn_bits": bn_bits, "runs": [], "sweep": [],
               "d_candidates": "1..m-1 (--d-below-m)" if d_below_m else "1..m (default)",
               "machine": {"cpu": cpu_model(), "torch_threads": 1, "python": platform.python_version(),
                           "torch": torch.__version__, "note": "shared 2-core VM, contended by other jobs"},
@@ -128,7 +129,8 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
             sweep(model, val_dl, example, spec["sweep"], record, path, epochs)
         for method in methods:
             row = one_run(model, val_dl, example,
-                          LR2VQConfig(k=k, m=m, epochs=epochs, method=method, seed=seed,
+                          LR2VQConfig(k=k, m=m, epochs=epochs, method=method, seed=seed, distill=distill,
+                                      bn_bits=bn_bits,
                                       d_candidates=tuple(range(1, m)) if d_below_m and method == "lr2vq" else None))
             record["runs"].append(row)
             write_json_atomic(path, record)
@@ -149,7 +151,8 @@ def sweep(model, val_dl, example, spec, record: dict, path: Path, epochs: int) -
         if d == estimated["d"]:
             continue
         row = one_run(model, val_dl, example,
-                      LR2VQConfig(k=k, m=m, d=d, epochs=epochs, seed=record.get("vq_seed", 0)))
+                      LR2VQConfig(k=k, m=m, d=d, epochs=epochs, seed=record.get("vq_seed", 0),
+                                  distill=record.get("distill", 0.0), bn_bits=record.get("bn_bits", 16)))
         record["sweep"].append({**row, "estimated": False})
         record["sweep"].sort(key=lambda r: r["d"])
         write_json_atomic(path, record)
@@ -168,6 +171,8 @@ def table(out: Path) -> str:
             continue  # d_sweep.py's files: their own tables (<name>.md) next to them
         fp = rec["fp32"]
         seed = f", seed {rec['vq_seed']}" if rec.get("vq_seed") else ""
+        seed += f", distill {rec['distill']:g}" if rec.get("distill") else ""
+        seed += f", BatchNorm in {rec['bn_bits']} bits" if rec.get("bn_bits", 16) != 16 else ""
         lines += [f"## {rec['model']} {rec['options'] or ''} ({rec['input']}), {rec['vq_epochs']} VQ epochs{seed} "
                   f"[{path.name}]", "",
                   f"FP32: val accuracy {fp['val_accuracy']:.2%}, {fp['bytes']} bytes of float tensors, "
@@ -230,6 +235,10 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["lr2vq", "pq"], choices=["lr2vq", "pq"])
     parser.add_argument("--d-below-m", action="store_true",
                         help="LR2VQ's d estimate chooses among 1..m-1 only (a true low-rank projection)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="LR2VQConfig.distill: weight of distilling the FP32 model's outputs (0: CE only)")
+    parser.add_argument("--bn-bits", type=int, default=16, choices=(16, 8),
+                        help="LR2VQConfig.bn_bits: folded BatchNorm scale/shift in fp16 or on an 8-bit grid")
     args = parser.parse_args()
     if args.table:
         print(table(Path(args.table)))
@@ -239,7 +248,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")] if args.grid else None
-    bench(args.model, out, args.epochs, grid, args.tag, args.seed, tuple(args.methods), args.d_below_m)
+    bench(args.model, out, args.epochs, grid, args.tag, args.seed, tuple(args.methods), args.d_below_m,
+          args.distill, args.bn_bits)
     table(out)
 
 

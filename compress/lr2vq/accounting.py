@@ -8,6 +8,9 @@ Counting rules (PQF's ``src/utils/model_size.py`` counts the same way, shared/re
 - every other floating tensor of the state dict (BatchNorm weight/bias, layers left uncompressed) is
   stored in fp16: 16 bits each; BatchNorm running statistics are folded into its weight and bias before
   storing (``fold_batchnorm``; eval-mode identical), so a BatchNorm costs 2 x 16 bits per channel;
+  with ``LR2VQConfig.bn_bits = 8`` its folded scale and shift are each stored as 8-bit codes on a
+  uniform per-tensor grid (``value = q * step + lo``, ``lo`` and ``step`` in fp16): 8 bits per channel
+  per tensor plus 2 x 16 bits per tensor (``quantise_folded_bn``);
 - integer buffers (BatchNorm's ``num_batches_tracked``) are not stored (inference does not read them);
 - the reference is the FP32 model: every floating tensor of its state dict at 32 bits (the quantised
   layers' original weights included), integer buffers excluded.
@@ -28,6 +31,8 @@ import torch.nn as nn
 from edgecompress.compress.lr2vq.block import LR2VQLayer, code_bits
 
 FLOAT_BITS = 16  # storage precision of codebooks, projections and every uncompressed float tensor
+GRID_ATTR = "ec_grid8"  # on a folded BatchNorm stored in 8 bits: {"weight": (lo, step), "bias": (lo, step)}
+GRID_LEVELS = 255
 
 
 def vq_layer_bits(n: int, k: int, d: int, m: int, identity: bool, bias: int) -> dict[str, int]:
@@ -66,6 +71,55 @@ def fold_batchnorm(model: nn.Module) -> list[str]:
     return names
 
 
+def grid8_of(t: torch.Tensor) -> tuple[float, float]:
+    """The uniform 8-bit grid ``(lo, step)`` of a tensor, both fp16 values (``lo`` at or below the minimum)."""
+    lo = torch.tensor(t.min().item()).half()
+    if lo.float() > t.min():  # fp16 rounding went up: take the next fp16 value below
+        lo = torch.nextafter(lo, torch.tensor(float("-inf"), dtype=torch.float16))
+    step = torch.tensor((t.max().item() - lo.item()) / GRID_LEVELS).half()
+    return float(lo), float(step)
+
+
+def grid8_codes(t: torch.Tensor, lo: float, step: float) -> torch.Tensor:
+    """The 8-bit codes of ``t`` on the grid ``(lo, step)`` (nearest level, clamped to [0, 255])."""
+    if step == 0:
+        return torch.zeros(t.shape, dtype=torch.uint8)
+    return torch.round((t.float() - lo) / step).clamp(0, GRID_LEVELS).to(torch.uint8)
+
+
+def grid8_values(q: torch.Tensor, lo: float, step: float) -> torch.Tensor:
+    """``q * step + lo`` in fp32, as two rounded operations (the compact ONNX computes Mul then Add the same way)."""
+    return q.float().mul(torch.tensor(step, dtype=torch.float32)).add(torch.tensor(lo, dtype=torch.float32))
+
+
+@torch.no_grad()
+def quantise_folded_bn(model: nn.Module) -> list[str]:
+    """Round every folded BatchNorm's scale and shift to its 8-bit grid in place (``GRID_ATTR`` records the
+    grids for storage and accounting). Call after ``fold_batchnorm``. Returns the BatchNorms' names."""
+    names = []
+    for name, module in model.named_modules():
+        if not is_folded_bn(module):
+            continue
+        grids = {}
+        for leaf in ("weight", "bias"):
+            tensor = getattr(module, leaf)
+            lo, step = grid8_of(tensor)
+            tensor.copy_(grid8_values(grid8_codes(tensor, lo, step), lo, step))
+            grids[leaf] = (lo, step)
+        setattr(module, GRID_ATTR, grids)
+        names.append(name)
+    return names
+
+
+def grid8_tensors(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """``{state-dict key: (lo, step)}`` of every tensor stored on an 8-bit grid."""
+    out = {}
+    for name, module in model.named_modules():
+        for leaf, grid in getattr(module, GRID_ATTR, {}).items():
+            out[f"{name}.{leaf}" if name else leaf] = grid
+    return out
+
+
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state-dict entries that are stored: float tensors, minus folded BatchNorm statistics."""
     skip = set()
@@ -100,12 +154,16 @@ def account(model: nn.Module) -> dict:
     other_ref = other_comp = 0
     other_tensors = 0
     stored = stored_state(model)
+    grids = grid8_tensors(model)
     for key, tensor in model.state_dict().items():
         owner = key.rpartition(".")[0]
         if owner in covered or not tensor.is_floating_point():
             continue
         other_ref += 32 * tensor.numel()
-        if key in stored:
+        if key in grids:
+            other_comp += 8 * tensor.numel() + 2 * FLOAT_BITS
+            other_tensors += 1
+        elif key in stored:
             other_comp += FLOAT_BITS * tensor.numel()
             other_tensors += 1
     ref_bits += other_ref
@@ -113,7 +171,8 @@ def account(model: nn.Module) -> dict:
     return {
         "source": "counted from tensor shapes (exact bits; file headers/padding excluded)",
         "rules": "codes ceil(log2 k) bits; codebooks, projections, biases and every other float tensor fp16; "
-                 "BatchNorm statistics folded into its weight/bias (2 fp16 values per channel); "
+                 "BatchNorm statistics folded into its weight/bias (2 fp16 values per channel, or with bn_bits=8 "
+                 "2 8-bit codes per channel plus an fp16 lo and step per tensor); "
                  "integer buffers not stored; reference = every float tensor of the FP32 model at 32 bits",
         "layers": layers,
         "other": {"tensors": other_tensors, "reference_bytes": other_ref / 8, "compressed_bytes": other_comp / 8},

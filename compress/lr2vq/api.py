@@ -30,6 +30,10 @@ fine-tuned. ``method="pq"`` runs the same schedule with ``d = m`` and ``P = I`` 
 then fine-tunes the raw weights, the rest is DKM on raw sub-vectors ("vanilla DKM"; with ``epochs=0``
 it is plain k-means PQ as in BGD/PQF without the permutation).
 
+Distillation (``distill > 0``): every phase trains on ``(1 - distill) CE + distill T^2 KL(teacher_T || student_T)``
+with the uncompressed model, frozen in eval mode, as the teacher (BGD fine-tunes its codebooks by distilling
+the uncompressed network's outputs in the same way). It costs one teacher forward per step.
+
 >>> result = vq(model, train_loader, LR2VQConfig(k=64, m=16, epochs=4), val_data=val_loader)  # doctest: +SKIP
 >>> result.report["accounting"]["ratio"]                                                      # doctest: +SKIP
 """
@@ -43,9 +47,18 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from edgecompress.compress.lr2vq.accounting import FLOAT_BITS, account, fold_batchnorm, stored_state, vq_layer_bits
+from edgecompress.compress.lr2vq.accounting import (
+    FLOAT_BITS,
+    account,
+    fold_batchnorm,
+    grid8_tensors,
+    quantise_folded_bn,
+    stored_state,
+    vq_layer_bits,
+)
 from edgecompress.compress.lr2vq.block import LR2VQLayer, row_length, to_subvectors
 from edgecompress.compress.lr2vq.estimate import DEstimate, estimate_d
 from edgecompress.compress.result import Result
@@ -78,6 +91,10 @@ class LR2VQConfig:
         subvectors_per_code: a layer with N sub-vectors uses at most ``N / subvectors_per_code`` codewords.
         min_saving: a layer is quantised only if its fp16 size is at least ``min_saving`` times its
             quantised size (tiny layers cost little in fp16 and lose much accuracy when quantised).
+        bn_bits: storage of each BatchNorm's folded scale and shift: 16 (fp16) or 8 (8-bit codes on a
+            uniform per-tensor grid, ``accounting.quantise_folded_bn``; applied when the model is frozen).
+        distill: weight of the distillation term in [0, 1] (0: cross-entropy only; 1: distillation only).
+        distill_temperature: softmax temperature ``T`` of the distillation term.
         seed: seed of k-means and training.
         progress: show progress bars.
     """
@@ -94,6 +111,9 @@ class LR2VQConfig:
     exclude: tuple[str, ...] = ()
     subvectors_per_code: int = 4
     min_saving: float = 2.0
+    bn_bits: int = 16
+    distill: float = 0.0
+    distill_temperature: float = 1.0
     seed: int = 0
     progress: bool = False
 
@@ -116,6 +136,12 @@ class LR2VQConfig:
             raise ValueError(f"lr={self.lr}: must be > 0")
         if len(self.tau) != 2 or not self.tau[0] > 0 or not self.tau[1] > 0:
             raise ValueError(f"tau={self.tau}: must be two positive temperatures (start, end)")
+        if self.bn_bits not in (8, 16):
+            raise ValueError(f"bn_bits={self.bn_bits}: choose 16 (fp16) or 8 (8-bit grid per tensor)")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill={self.distill}: must lie in [0, 1] (the weight of the distillation term)")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature={self.distill_temperature}: must be > 0")
         if self.kmeans_iters < 1:
             raise ValueError(f"kmeans_iters={self.kmeans_iters}: must be >= 1")
         if self.d_candidates is not None and (not self.d_candidates or
@@ -214,20 +240,40 @@ def _size_check(plans: list[LayerPlan], modules: dict[str, nn.Module], m: int, d
             plan.k = None
 
 
+def distillation_loss(teacher: nn.Module, weight: float, temperature: float):
+    """``loss_fn(model, x, y)`` for ``train``: ``(1 - w) CE(y) + w T^2 KL(softmax(t/T) || softmax(s/T))``."""
+    teacher = teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        with torch.no_grad():
+            target = F.log_softmax(teacher(x) / temperature, dim=1)
+        kd = F.kl_div(F.log_softmax(logits / temperature, dim=1), target, log_target=True, reduction="batchmean")
+        return (1.0 - weight) * F.cross_entropy(logits, y) + weight * temperature ** 2 * kd
+
+    return loss_fn
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, leaf, new)
 
 
 @torch.no_grad()
-def _round_to_fp16(model: nn.Module) -> None:
-    """Freeze every block, fold BatchNorm statistics, round every other float tensor to fp16 values (stored form)."""
+def _round_to_fp16(model: nn.Module, bn_bits: int = 16) -> None:
+    """Freeze every block, fold BatchNorm statistics (to 8-bit grids with ``bn_bits=8``), round every other float
+    tensor to fp16 values: the stored form."""
     for module in model.modules():
         if isinstance(module, LR2VQLayer):
             module.freeze()
     fold_batchnorm(model)
-    for tensor in stored_state(model).values():  # folded BatchNorm statistics (0, 1 - eps) are not stored
-        if tensor.dtype == torch.float32:
+    if bn_bits == 8:
+        quantise_folded_bn(model)
+    grids = grid8_tensors(model)
+    for key, tensor in stored_state(model).items():  # folded BatchNorm statistics (0, 1 - eps) are not stored
+        if tensor.dtype == torch.float32 and key not in grids:
             tensor.copy_(tensor.half().float())
 
 
@@ -242,6 +288,8 @@ def vq(model: nn.Module, train_data: DataLoader, config: LR2VQConfig = LR2VQConf
     if not isinstance(model, nn.Module):
         raise BadInputError(f"vq: model must be an nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).cpu().float()
+    loss_fn = (distillation_loss(copy.deepcopy(model), config.distill, config.distill_temperature)
+               if config.distill > 0 else None)
     plans = plan_layers(model, config)
     modules = dict(model.named_modules())
     quantised = [p for p in plans if p.quantised]
@@ -280,7 +328,7 @@ def vq(model: nn.Module, train_data: DataLoader, config: LR2VQConfig = LR2VQConf
         tcfg = TrainConfig(epochs=epochs, optimizer="adamw", lr=config.lr, weight_decay=0.0, seed=config.seed,
                            progress=config.progress)
         t0 = time.perf_counter()
-        logs = train(model, train_data, val_data, tcfg, on_step=on_step, desc=f"vq {name}")
+        logs = train(model, train_data, val_data, tcfg, loss_fn=loss_fn, on_step=on_step, desc=f"vq {name}")
         phases[name] = {"epochs": epochs, "seconds": round(time.perf_counter() - t0, 2),
                         "log": [log.__dict__ for log in logs]}
 
@@ -299,7 +347,7 @@ def vq(model: nn.Module, train_data: DataLoader, config: LR2VQConfig = LR2VQConf
     for b in blocks:
         b.finish_clustering()
     run_phase("hard", e_hard)
-    _round_to_fp16(model)
+    _round_to_fp16(model, config.bn_bits)
     model.eval()
     accuracy = evaluate(model, val_data) if val_data is not None else None
     accounting = account(model)

@@ -9,7 +9,9 @@ so the file holds codes at one byte each (k <= 256; int16 up to 2**15) and fp16 
 projections. It is exported with the TorchScript exporter and constant folding OFF, and never passed
 through onnxslim (either would fold the subgraph back into dense weights); after export, every other
 fp32 initializer whose values are exactly representable in fp16 (the frozen model rounds BatchNorm
-and uncompressed layers to fp16) is stored as fp16 followed by a Cast, which changes no value.
+and uncompressed layers to fp16) is stored as fp16 followed by a Cast, which changes no value; a folded
+BatchNorm scale or shift on an 8-bit grid (``bn_bits=8``) is stored as its uint8 codes followed by
+``Cast -> Mul(step) -> Add(lo)``, the float32 operations ``accounting.grid8_values`` runs in torch.
 onnxruntime folds the subgraph once, when the session is created, so inference runs plain Conv.
 Codes are not bit-packed in ONNX (no standard op unpacks them cheaply), so for k < 256 the compact ONNX
 is larger than the ``.ecvq`` checkpoint; both sizes are reported.
@@ -35,6 +37,7 @@ import torch
 import torch.nn as nn
 from onnx import helper, numpy_helper
 
+from edgecompress.compress.lr2vq.accounting import grid8_codes, grid8_tensors
 from edgecompress.compress.lr2vq.block import LR2VQLayer
 from edgecompress.errors import CheckFailedError
 from edgecompress.export.onnx import check_parity, export_onnx
@@ -73,6 +76,33 @@ def fp16_exact_initializers(proto: onnx.ModelProto, min_elements: int = 16) -> i
     return converted
 
 
+def grid8_initializers(proto: onnx.ModelProto, grids: dict[str, tuple[float, float]]) -> int:
+    """Store the initializers named in ``grids`` (state-dict keys -> (lo, step)) as uint8 codes + Cast, Mul, Add;
+    returns how many. Raises ``CheckFailedError`` when one of them is not in the graph under its key."""
+    graph = proto.graph
+    inits = {init.name: init for init in graph.initializer}
+    nodes = []
+    for key, (lo, step) in grids.items():
+        init = inits.get(key)
+        if init is None:
+            if any(key in node.output for node in graph.node):
+                continue  # deduplicated by the exporter into another initializer's Identity
+            raise CheckFailedError(f"compact ONNX: the 8-bit tensor {key!r} is not an initializer of the graph")
+        values = torch.from_numpy(numpy_helper.to_array(init).copy())
+        codes = grid8_codes(values, lo, step)
+        graph.initializer.remove(init)
+        graph.initializer.extend([numpy_helper.from_array(codes.numpy(), f"{key}__q8"),
+                                  numpy_helper.from_array(np.array(step, np.float32), f"{key}__step"),
+                                  numpy_helper.from_array(np.array(lo, np.float32), f"{key}__lo")])
+        nodes += [helper.make_node("Cast", [f"{key}__q8"], [f"{key}__qf"], to=onnx.TensorProto.FLOAT,
+                                   name=f"{key}__cast"),
+                  helper.make_node("Mul", [f"{key}__qf", f"{key}__step"], [f"{key}__scaled"], name=f"{key}__mul"),
+                  helper.make_node("Add", [f"{key}__scaled", f"{key}__lo"], [key], name=f"{key}__add")]
+    for i, node in enumerate(nodes):
+        graph.node.insert(i, node)
+    return len(nodes) // 3
+
+
 def export_compact_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17,
                         rtol: float = 1e-4) -> dict:
     """Write the compact ONNX of a frozen model to ``path`` (atomic) and check it in onnxruntime."""
@@ -88,6 +118,7 @@ def export_compact_onnx(model: nn.Module, example: torch.Tensor, path: str | Pat
                               output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
                               dynamo=False, do_constant_folding=False)
         proto = onnx.load(str(tmp))
+        grid8 = grid8_initializers(proto, grid8_tensors(model))
         converted = fp16_exact_initializers(proto)
         onnx.checker.check_model(proto, full_check=True)
         ops = Counter(n.op_type for n in proto.graph.node)
@@ -97,7 +128,8 @@ def export_compact_onnx(model: nn.Module, example: torch.Tensor, path: str | Pat
         onnx.save(proto, str(tmp))
         parity = check_parity(model, tmp, (example,), rtol=rtol)
     return {"path": str(path), "bytes": path.stat().st_size, "opset": opset, "op_counts": dict(ops),
-            "fp16_initializers": converted, "max_rel_error": max(p["max_rel_error"] for p in parity),
+            "fp16_initializers": converted, "grid8_initializers": grid8,
+            "max_rel_error": max(p["max_rel_error"] for p in parity),
             "parity": parity}
 
 

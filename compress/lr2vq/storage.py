@@ -14,8 +14,10 @@ sizes), ``layers``: ``{module name: {"m", "d", "k", "identity", "n"}}`` for ever
 Codes are stored with dtype ``"bitsB"``: ``n`` codes of ``B = ceil(log2 k)`` bits, packed little-endian
 bit order (``np.packbits(..., bitorder="little")``), padded to a whole byte per layer. Every other
 floating tensor is stored as float16 (the frozen model's values are already fp16-exact, so a reload
-reproduces the model bit for bit); integer buffers (BatchNorm's ``num_batches_tracked``) are not stored
-and keep the architecture's values on load.
+reproduces the model bit for bit), except the folded BatchNorm scales and shifts of a model frozen with
+``bn_bits=8``: dtype ``"grid8"``, the grid's ``lo`` and ``step`` as two float16 then one uint8 code per
+value (``value = q * step + lo`` in float32, ``accounting.grid8_values``). Integer buffers (BatchNorm's
+``num_batches_tracked``) are not stored and keep the architecture's values on load.
 
 Loading needs the architecture (the uncompressed model, e.g. a fresh zoo model or the pruned module that
 was quantised): the named Conv2d/Linear layers are replaced by frozen ``LR2VQLayer`` blocks, then every
@@ -33,7 +35,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress.compress.lr2vq.accounting import is_folded_bn, stored_state
+from edgecompress.compress.lr2vq.accounting import (
+    GRID_ATTR,
+    grid8_codes,
+    grid8_tensors,
+    grid8_values,
+    is_folded_bn,
+    stored_state,
+)
 from edgecompress.compress.lr2vq.block import LR2VQLayer, code_bits
 from edgecompress.errors import BadInputError
 from edgecompress.fileio import atomic_path
@@ -74,6 +83,7 @@ def save_compact(model: nn.Module, path: str | Path, meta: dict | None = None) -
         layer_meta[name] = {"m": mod.m, "d": mod.d, "k": mod.k, "identity": mod.identity, "n": mod.n,
                             "kind": mod.kind, "weight_shape": list(mod.weight_shape)}
     stored = stored_state(model)
+    grids = grid8_tensors(model)
     folded = [name for name, mod in model.named_modules() if is_folded_bn(mod)]
     for key, tensor in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
@@ -83,6 +93,13 @@ def save_compact(model: nn.Module, path: str | Path, meta: dict | None = None) -
             bits = code_bits(layers[owner].k)
             blob = pack_bits(tensor.numpy().astype(np.int64), bits).tobytes()
             tensors.append([key, f"bits{bits}", [int(tensor.numel())]])
+        elif key in grids:
+            lo, step = grids[key]
+            codes = grid8_codes(tensor, lo, step)
+            if not torch.equal(grid8_values(codes, lo, step), tensor.detach().float()):
+                raise ValueError(f"tensor {key!r} is not on its 8-bit grid; freeze the model before saving")
+            blob = np.array([lo, step], "<f2").tobytes() + codes.numpy().tobytes()
+            tensors.append([key, "grid8", list(tensor.shape)])
         else:
             array = tensor.detach().cpu().numpy().astype(np.float16)
             if not np.array_equal(array.astype(np.float32), tensor.detach().cpu().float().numpy()):
@@ -103,7 +120,8 @@ def save_compact(model: nn.Module, path: str | Path, meta: dict | None = None) -
 
 
 def read_compact(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """The header and the stored arrays of a compact checkpoint (codes unpacked to int64)."""
+    """The header and the stored arrays of a compact checkpoint (codes unpacked to int64, 8-bit grids
+    dequantised to float32; their ``(lo, step)`` are added to the header as ``grid8``)."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such compact checkpoint")
@@ -116,6 +134,7 @@ def read_compact(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     except (zlib.error, ValueError) as exc:
         raise BadInputError(f"{path}: corrupt header ({exc})") from None
     arrays, offset = {}, 12 + h
+    header["grid8"] = {}
     for key, dtype, shape in header["tensors"]:
         n = int(np.prod(shape)) if shape else 1
         if dtype.startswith("bits") and dtype[4:].isdigit():
@@ -123,12 +142,19 @@ def read_compact(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
             size = (n * bits + 7) // 8
         elif dtype == "float16":
             size = 2 * n
+        elif dtype == "grid8":
+            size = 4 + n
         else:
             raise BadInputError(f"{path}: tensor {key!r} has unknown dtype {dtype!r}")
         if offset + size > len(data):
             raise BadInputError(f"{path}: truncated at tensor {key!r}")
         if dtype == "float16":
             arrays[key] = np.frombuffer(data, "<f2", n, offset).reshape(shape)
+        elif dtype == "grid8":
+            lo, step = (float(v) for v in np.frombuffer(data, "<f2", 2, offset))
+            codes = torch.from_numpy(np.frombuffer(data, np.uint8, n, offset + 4).copy())
+            arrays[key] = grid8_values(codes, lo, step).numpy().reshape(shape)
+            header["grid8"][key] = (lo, step)
         else:
             arrays[key] = unpack_bits(np.frombuffer(data, np.uint8, size, offset), bits, n)
         offset += size
@@ -170,4 +196,10 @@ def load_compact(path: str | Path, architecture: nn.Module) -> nn.Module:
         target = state[key]
         state[key] = torch.from_numpy(np.array(array)).to(target.dtype).reshape(target.shape)
     architecture.load_state_dict(state)
+    for key, grid in header["grid8"].items():
+        owner, _, leaf = key.rpartition(".")
+        module = architecture.get_submodule(owner) if owner else architecture
+        if not hasattr(module, GRID_ATTR):
+            setattr(module, GRID_ATTR, {})
+        getattr(module, GRID_ATTR)[leaf] = grid
     return architecture.eval()

@@ -34,6 +34,10 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=4, help="training epochs: 1/4 low-rank, 1/2 soft, 1/4 hard")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bn-bits", type=int, default=16, choices=(16, 8),
+                   help="storage of each folded BatchNorm scale/shift: fp16 (default) or 8-bit per-tensor grid")
+    p.add_argument("--distill", type=float, default=0.0, metavar="W",
+                   help="weight in [0, 1] of distilling the input model's outputs during training (default 0)")
     p.add_argument("--exclude", action="append", default=[], metavar="MODULE", help="leave this layer uncompressed")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help="output directory")
@@ -45,7 +49,7 @@ def _run(args: argparse.Namespace) -> tuple[dict, str]:
     from edgecompress.data import load, sample_batch
 
     config = LR2VQConfig(k=args.k, m=args.m, d=args.d, method=args.method, epochs=args.epochs, lr=args.lr,
-                         exclude=tuple(args.exclude), seed=args.seed)
+                         bn_bits=args.bn_bits, distill=args.distill, exclude=tuple(args.exclude), seed=args.seed)
     model, example = model_and_input(args)
     if args.pruned:
         from edgecompress.compress.otov2.serialize import load_pruned

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from edgecompress.compress.lr2vq.api import LR2VQConfig, plan_layers, vq, write_artifacts
+from edgecompress.compress.lr2vq.api import LR2VQConfig, distillation_loss, plan_layers, vq, write_artifacts
 from edgecompress.compress.lr2vq.block import LR2VQLayer
 from edgecompress.compress.lr2vq.storage import load_compact
 from edgecompress.errors import BadInputError
@@ -78,6 +80,32 @@ def test_lr2vq_at_d_equal_m_is_pq_exactly():
     assert learned.report["projection"] == "learned, m x d"
 
 
+def test_distillation_loss_mixes_cross_entropy_and_the_teacher_term():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    student = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))
+    ce = F.cross_entropy(student(x), y)
+    assert torch.allclose(distillation_loss(teacher, 0.0, 2.0)(student, x, y), ce)
+    assert distillation_loss(teacher, 1.0, 2.0)(copy.deepcopy(teacher), x, y).abs().item() < 1e-6  # student = teacher
+    kd = distillation_loss(teacher, 1.0, 2.0)(student, x, y)
+    assert kd > 0 and torch.allclose(distillation_loss(teacher, 0.5, 2.0)(student, x, y), 0.5 * ce + 0.5 * kd)
+    kd.backward()  # gradients reach the student only
+    assert student[1].weight.grad is not None and teacher[1].weight.grad is None
+
+
+def test_vq_with_distillation_and_8bit_batchnorm_counts_the_grids():
+    train_dl, val_dl = _loaders()
+    runs = {bits: vq(_pruned_like(), train_dl, LR2VQConfig(k=8, m=4, d=2, epochs=0, bn_bits=bits), val_dl)
+            for bits in (16, 8)}
+    # two BatchNorms (12 and 20 channels), two tensors each: 16 -> 8 bits per value, plus lo and step in fp16
+    saved = 32 * 2 * (16 - 8) / 8 - 4 * 4
+    assert runs[16].report["accounting"]["compressed_bytes"] - runs[8].report["accounting"]["compressed_bytes"] == saved
+    distilled = vq(_pruned_like(), train_dl, LR2VQConfig(k=8, m=4, d=2, epochs=4, distill=0.5), val_dl)
+    assert set(distilled.report["phases"]) == {"lowrank", "soft", "hard"}
+    assert distilled.report["config"]["distill"] == 0.5
+
+
 def test_per_layer_policy_lines():
     model = _pruned_like()
     # m=8: stem 324 weights (8 does not divide), conv 2160 (L=108, 8 does not divide L but divides 2160), fc 40
@@ -113,6 +141,7 @@ def test_layer_that_would_not_shrink_enough_stays_uncompressed():
     ({"d": 17, "m": 16}, "d=17"), ({"k": 1}, "k=1"), ({"m": 0}, "m=0"), ({"method": "rvq"}, "method"),
     ({"epochs": -1}, "epochs"), ({"tau": (1.0, 0.0)}, "tau"), ({"d_candidates": (0, 2)}, "d_candidates"),
     ({"min_saving": 0.5}, "min_saving"), ({"subvectors_per_code": 0}, "subvectors_per_code"),
+    ({"bn_bits": 4}, "bn_bits"), ({"distill": 1.5}, "distill"), ({"distill_temperature": 0.0}, "distill_temperature"),
 ])
 def test_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
@@ -142,13 +171,14 @@ def test_cli_vq_writes_every_file(tmp_path, capsys):
 
     out = tmp_path / "out"
     code = main(["vq", "--model", "zoo:resnet_cifar_tiny", "--data", "digits", "--input-size", "3", "8", "8",
-                 "--k", "8", "--m", "8", "--d", "2", "--epochs", "0", "-o", str(out)])
+                 "--k", "8", "--m", "8", "--d", "2", "--epochs", "0", "--bn-bits", "8", "-o", str(out)])
     assert code == 0
     assert {p.name for p in out.iterdir()} >= {"model.ecvq", "model_compact.onnx", "model_dense.onnx", "report.json"}
     text = capsys.readouterr().out
     assert "ratio" in text and "model.ecvq" in text
     report = json.loads((out / "report.json").read_text())
     assert report["d"] == 2 and report["files"]["compact_onnx"]["max_rel_error"] < 1e-4
+    assert report["config"]["bn_bits"] == 8 and report["files"]["compact_onnx"]["grid8_initializers"] > 0
 
 
 def test_cli_bad_d_exits_2(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgecompress.compress.lr2vq.accounting import account, fold_batchnorm, is_folded_bn
+from edgecompress.compress.lr2vq.accounting import GRID_ATTR, account, fold_batchnorm, is_folded_bn
 from edgecompress.compress.lr2vq.api import _round_to_fp16
 from edgecompress.compress.lr2vq.block import LR2VQLayer
 from edgecompress.compress.lr2vq.onnx_compact import export_compact_onnx, export_dense_onnx
@@ -18,7 +18,7 @@ from edgecompress.compress.lr2vq.storage import MAGIC, load_compact, read_compac
 from edgecompress.errors import BadInputError
 
 
-def _quantise(model: nn.Module, specs: dict[str, tuple[int, int, int, bool]]) -> nn.Module:
+def _quantise(model: nn.Module, specs: dict[str, tuple[int, int, int, bool]], bn_bits: int = 16) -> nn.Module:
     """Replace named layers by blocks (m, d, k, identity), cluster, harden and freeze them."""
     for name, (m, d, k, identity) in specs.items():
         parent, _, leaf = name.rpartition(".")
@@ -27,7 +27,7 @@ def _quantise(model: nn.Module, specs: dict[str, tuple[int, int, int, bool]]) ->
         block.start_clustering(seed=0)
         block.finish_clustering()
         setattr(owner, leaf, block)
-    _round_to_fp16(model)
+    _round_to_fp16(model, bn_bits)
     return model.eval()
 
 
@@ -77,6 +77,47 @@ def test_ratio_with_folded_batchnorm_and_pq_matches_the_hand_count():
     assert acc["compressed_bytes"] == 112
     assert acc["reference_bytes"] == 1280
     assert acc["ratio"] == pytest.approx(1280 / 112)
+
+
+def test_8bit_batchnorm_matches_the_hand_count_and_stays_within_half_a_step():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, bias=False), nn.BatchNorm2d(8)).eval()
+    with torch.no_grad():
+        model[1].weight.uniform_(0.5, 2)
+        model[1].bias.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    folded = copy.deepcopy(model)
+    fold_batchnorm(folded)
+    model = _quantise(model, {"0": (9, 9, 4, True)}, bn_bits=8)
+    acc = account(model)
+    # conv as above: 640 bits; BN: 2 tensors x (8 codes x 8 bits + lo and step in fp16) = 192 bits; 832 bits = 104 B
+    assert acc["compressed_bytes"] == 104
+    assert acc["reference_bytes"] == 1280
+    for leaf in ("weight", "bias"):
+        lo, step = getattr(model[1], GRID_ATTR)[leaf]
+        assert step > 0 and np.float16(lo) == lo and np.float16(step) == step
+        error = (getattr(model[1], leaf) - getattr(folded[1], leaf)).abs().max().item()
+        assert error <= step / 2 * (1 + 1e-3)
+
+
+def test_8bit_batchnorm_reloads_bit_exact_and_is_uint8_in_the_compact_onnx(tmp_path):
+    model = _quantise(_net(), {"stem": (4, 2, 16, False), "dw": (4, 3, 8, False), "pw": (4, 2, 16, False),
+                               "fc": (4, 4, 8, True)}, bn_bits=8)
+    info = save_compact(model, tmp_path / "m.ecvq")
+    acc = account(model)
+    assert acc["compressed_bytes"] <= info["payload_bytes"] < acc["compressed_bytes"] + 4
+    header, _ = read_compact(tmp_path / "m.ecvq")
+    assert [t[1] for t in header["tensors"] if t[0].startswith("bn.")] == ["grid8", "grid8"]
+    reloaded = load_compact(tmp_path / "m.ecvq", _net())
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), model(x))
+    assert account(reloaded)["compressed_bytes"] == acc["compressed_bytes"]
+    compact = export_compact_onnx(model, x[:1], tmp_path / "c.onnx")
+    assert compact["grid8_initializers"] == 2 and compact["max_rel_error"] < 1e-4
+    inits = {i.name: i.data_type for i in onnx.load(str(tmp_path / "c.onnx")).graph.initializer}
+    assert inits["bn.weight__q8"] == inits["bn.bias__q8"] == onnx.TensorProto.UINT8
+    assert "bn.weight" not in inits
 
 
 def test_fold_batchnorm_keeps_eval_outputs():
