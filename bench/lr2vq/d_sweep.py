@@ -3,9 +3,9 @@
 ``run.py``'s sweep is one seed per d, and on 360 validation images one image is 0.28 point, so a
 1-2 point gap between two d's can be seed noise. This script repeats the LR²VQ run at fixed (m, k) for
 every d in ``--ds`` and for the estimated d, with ``--seeds`` seeds each (the seed drives k-means and the
-training order), from the same FP32 weights (``results/resnet20_fp32.pt``, written by ``run.py``), and
-reports min / mean / max accuracy per d. The estimate is judged on the mean: within 0.5 point of the
-best d's mean (issue 5).
+training data order, the same order for every d of one seed), from the same FP32 weights
+(``results/resnet20_fp32_e8.pt``, written by ``run.py``), and reports min / mean / max accuracy per d. The
+estimate is judged on the mean: within 0.5 point of the best d's mean (issue 5).
 
     .venv/bin/python bench/lr2vq/d_sweep.py --m 8 --k 32 --ds 2 4 6 8 --seeds 0 1 2
 """
@@ -44,7 +44,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     val_dl = digits_loaders(batch_size=64, size=bench.SIZE, seed=0)[1]
-    cache = OUT / "resnet20_fp32.pt"
+    cache = bench.fp32_cache(OUT, "resnet20")
     if not cache.is_file():
         raise SystemExit(f"{cache} missing: run `bench/lr2vq/run.py --model resnet20` first (it trains and caches it)")
     model = zoo.create("resnet20", num_classes=10)
@@ -62,7 +62,7 @@ def main() -> None:
             if d is not None and d == estimated_d:
                 continue
             config = LR2VQConfig(k=args.k, m=args.m, d=d, epochs=args.epochs, seed=seed)
-            res = vq(model, bench.fresh_train_loader(), config, val_data=val_dl)
+            res = vq(model, bench.fresh_train_loader(seed), config, val_data=val_dl)
             rep = res.report
             if d is None:
                 estimated_d = rep["d"]

@@ -15,6 +15,7 @@ after every run (``<model>.json``), so an interrupted benchmark keeps what it fi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from edgecompress.compress.lr2vq import LR2VQConfig, vq, write_artifacts
 from edgecompress.compress.train import TrainConfig, evaluate, train
@@ -35,7 +37,7 @@ from edgecompress.nas import zoo
 MODELS = {
     "resnet20": {"zoo": "resnet20", "options": {}, "fp32_epochs": 8,
                  "grid": [(8, 32), (8, 16), (8, 64), (4, 256)], "sweep": (8, 32, [2, 4, 8])},
-    "mobilenetv2": {"zoo": "mobilenetv2_cifar", "options": {"width_mult": 0.5}, "fp32_epochs": 6,
+    "mobilenetv2": {"zoo": "mobilenetv2_cifar", "options": {"width_mult": 0.5}, "fp32_epochs": 30,
                     "grid": [(8, 64), (16, 32)], "sweep": None},
     "tiny": {"zoo": "resnet_cifar_tiny", "options": {}, "fp32_epochs": 1, "grid": [(8, 16)], "sweep": (8, 16, [2, 8])},
 }
@@ -55,10 +57,18 @@ def ort_accuracy(path: str, loader) -> float:
     return correct / total
 
 
-def fresh_train_loader():
+def fp32_cache(out: Path, name: str) -> Path:
+    """The cached FP32 weights of ``name``, per training length (the epochs changed once: results/notes.md)."""
+    return out / f"{name}_fp32_e{MODELS[name]['fp32_epochs']}.pt"
+
+
+def fresh_train_loader(order_seed: int = 0) -> DataLoader:
     """A new training loader per VQ run: the shuffle generator of a shared one moves on with every run, so
-    an LR2VQ run and the PQ run after it would train on different data orders (results/notes.md)."""
-    return digits_loaders(batch_size=64, size=SIZE, seed=0)[0]
+    an LR2VQ run and the PQ run after it would train on different data orders (results/notes.md). The
+    train/val split is always seed 0's; ``order_seed`` seeds the shuffle only (0: the order of every run
+    in the committed results)."""
+    train = digits_loaders(batch_size=64, size=SIZE, seed=0)[0]
+    return DataLoader(train.dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(order_seed))
 
 
 def one_run(model, val_dl, example, config: LR2VQConfig) -> dict:
@@ -92,7 +102,7 @@ def _commit() -> str:
 
 def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int, int]] | None = None,
           tag: str = "", seed: int = 0, methods: tuple[str, ...] = ("lr2vq", "pq"), d_below_m: bool = False,
-          distill: float = 0.0, bn_bits: int = 16) -> dict:
+          distill: float = 0.0, bn_bits: int = 16, fp32_control: bool = False) -> dict:
     spec = dict(MODELS[name])
     if grid is not None:
         spec["grid"], spec["sweep"] = grid, None
@@ -103,7 +113,7 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
     example = sample_batch(val_dl, 2)
     model = zoo.create(spec["zoo"], num_classes=10, **spec["options"])
     t0 = time.perf_counter()
-    cache = out / f"{name}_fp32.pt"  # not committed; lets an interrupted benchmark skip the FP32 training
+    cache = fp32_cache(out, name)  # not committed; lets an interrupted benchmark skip the FP32 training
     if cache.is_file():
         model.load_state_dict(torch.load(cache, weights_only=True))
     else:
@@ -122,6 +132,14 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
                           "torch": torch.__version__, "note": "shared 2-core VM, contended by other jobs"},
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "code_commit": _commit()}
     path = out / f"{name}{'_' + tag if tag else ''}.json"
+    if fp32_control:  # the uncompressed model trained as many more epochs as a VQ run: does VQ beat extra training?
+        control = copy.deepcopy(model)
+        logs = train(control, fresh_train_loader(), val_dl, TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3,
+                                                                      weight_decay=0.0, seed=seed))
+        record["fp32_control"] = {"val_accuracy": evaluate(control.eval(), val_dl), "extra_epochs": epochs,
+                                  "per_epoch_val_accuracy": [log.val_accuracy for log in logs],
+                                  "schedule": "AdamW lr 1e-3 cosine, weight decay 0, the VQ runs' loader"}
+        print(f"{name}: FP32 + {epochs} epochs val accuracy {record['fp32_control']['val_accuracy']:.4f}", flush=True)
     write_json_atomic(path, record)
     print(f"{name}: FP32 val accuracy {record['fp32']['val_accuracy']:.4f}", flush=True)
     for i, (m, k) in enumerate(spec["grid"]):
@@ -178,6 +196,9 @@ def table(out: Path) -> str:
                   f"FP32: val accuracy {fp['val_accuracy']:.2%}, {fp['bytes']} bytes of float tensors, "
                   f"{fp['epochs']} epochs. VQ: {rec['vq_epochs']} epochs per run (1/4 low-rank, 1/2 soft, 1/4 hard). "
                   f"Machine: {rec['machine']['cpu']}, torch threads 1, {rec['machine']['note']}.", "",
+                  *([f"FP32 trained {rec['fp32_control']['extra_epochs']} more epochs without VQ (control: "
+                     f"{rec['fp32_control']['schedule']}): {rec['fp32_control']['val_accuracy']:.2%}.", ""]
+                    if rec.get("fp32_control") else []),
                   "| method | m | k | d | ratio (bits) | ckpt bytes | ckpt ratio | compact ONNX bytes "
                   "| dense ONNX bytes | val acc | Δ vs FP32 (pt) | compact ONNX acc (ORT) | s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -239,6 +260,8 @@ def main() -> None:
                         help="LR2VQConfig.distill: weight of distilling the FP32 model's outputs (0: CE only)")
     parser.add_argument("--bn-bits", type=int, default=16, choices=(16, 8),
                         help="LR2VQConfig.bn_bits: folded BatchNorm scale/shift in fp16 or on an 8-bit grid")
+    parser.add_argument("--fp32-control", action="store_true",
+                        help="also train the FP32 model --epochs more epochs (no VQ) and report its accuracy")
     args = parser.parse_args()
     if args.table:
         print(table(Path(args.table)))
@@ -249,7 +272,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     grid = [tuple(int(v) for v in pair.split(":")) for pair in args.grid.split(",")] if args.grid else None
     bench(args.model, out, args.epochs, grid, args.tag, args.seed, tuple(args.methods), args.d_below_m,
-          args.distill, args.bn_bits)
+          args.distill, args.bn_bits, args.fp32_control)
     table(out)
 
 

@@ -262,7 +262,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _round_to_fp16(model: nn.Module, bn_bits: int = 16) -> None:
+def _to_stored_form(model: nn.Module, bn_bits: int = 16) -> None:
     """Freeze every block, fold BatchNorm statistics (to 8-bit grids with ``bn_bits=8``), round every other float
     tensor to fp16 values: the stored form."""
     for module in model.modules():
@@ -347,7 +347,7 @@ def vq(model: nn.Module, train_data: DataLoader, config: LR2VQConfig = LR2VQConf
     for b in blocks:
         b.finish_clustering()
     run_phase("hard", e_hard)
-    _round_to_fp16(model, config.bn_bits)
+    _to_stored_form(model, config.bn_bits)
     model.eval()
     accuracy = evaluate(model, val_data) if val_data is not None else None
     accounting = account(model)

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.compress.lr2vq.accounting import GRID_ATTR, account, fold_batchnorm, is_folded_bn
-from edgecompress.compress.lr2vq.api import _round_to_fp16
+from edgecompress.compress.lr2vq.api import _to_stored_form
 from edgecompress.compress.lr2vq.block import LR2VQLayer
 from edgecompress.compress.lr2vq.onnx_compact import export_compact_onnx, export_dense_onnx
 from edgecompress.compress.lr2vq.storage import MAGIC, load_compact, read_compact, save_compact
@@ -27,7 +27,7 @@ def _quantise(model: nn.Module, specs: dict[str, tuple[int, int, int, bool]], bn
         block.start_clustering(seed=0)
         block.finish_clustering()
         setattr(owner, leaf, block)
-    _round_to_fp16(model, bn_bits)
+    _to_stored_form(model, bn_bits)
     return model.eval()
 
 
