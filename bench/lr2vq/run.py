@@ -137,7 +137,7 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
         logs = train(control, fresh_train_loader(), val_dl, TrainConfig(epochs=epochs, optimizer="adamw", lr=1e-3,
                                                                       weight_decay=0.0, seed=seed))
         record["fp32_control"] = {"val_accuracy": evaluate(control.eval(), val_dl), "extra_epochs": epochs,
-                                  "per_epoch_val_accuracy": [log.val_accuracy for log in logs],
+                                  "per_epoch_val_accuracy": [log.val_acc for log in logs],
                                   "schedule": "AdamW lr 1e-3 cosine, weight decay 0, the VQ runs' loader"}
         print(f"{name}: FP32 + {epochs} epochs val accuracy {record['fp32_control']['val_accuracy']:.4f}", flush=True)
     write_json_atomic(path, record)
