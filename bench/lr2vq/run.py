@@ -129,7 +129,8 @@ def bench(name: str, out: Path, epochs: int | None = None, grid: list[tuple[int,
               "vq_epochs": epochs, "vq_seed": seed, "distill": distill, "bn_bits": bn_bits, "runs": [], "sweep": [],
               "d_candidates": "1..m-1 (--d-below-m)" if d_below_m else "1..m (default)",
               "machine": {"cpu": cpu_model(), "torch_threads": 1, "python": platform.python_version(),
-                          "torch": torch.__version__, "note": "shared 2-core VM, contended by other jobs"},
+                          "torch": torch.__version__,
+                          "note": "shared 2-core VM: other jobs or parallel bench processes may contend"},
               "command": " ".join([Path(sys.executable).name, *sys.argv]), "code_commit": _commit()}
     path = out / f"{name}{'_' + tag if tag else ''}.json"
     if fp32_control:  # the uncompressed model trained as many more epochs as a VQ run: does VQ beat extra training?
