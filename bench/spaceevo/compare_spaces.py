@@ -10,7 +10,9 @@ latency meets the limit, and the two winners' latency ratio from one interleaved
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--train-subset", type=int, default=384, help="digits training images used (of 1437)")
     args = ap.parse_args()
     t_start = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    command = " ".join([".venv/bin/python", "bench/spaceevo/compare_spaces.py", *sys.argv[1:]])
     settings = MeasureSettings(threads=1, warmup=10, repeats=40, rounds=5)
     limit = args.latency_ms
     train, val = digits_loaders(batch_size=64, size=32, seed=0)
@@ -110,7 +114,9 @@ def main() -> None:
                                                                     if k != "settings"},
                     "space_evolution": {"population": 20, "sample": 5, "cycles": 30, "qt_samples": 300}},
         "quality_proxy": "capacity (1 / log MACs), not SpaceEvo's block-KD loss",
-        "note": "2 shared CPU cores, heavily contended during the run; accuracies from one seed",
+        "note": f"2 shared CPU cores; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after; "
+                "accuracies from one seed",
+        "command": command,
         "summary": summary, "interleaved_latency_ms": lat, "latency_ratio_host_over_mbv2": ratio,
         "space_history": history, "details": results, "seconds": time.perf_counter() - t_start,
     }
@@ -126,8 +132,8 @@ def main() -> None:
         rows.append(f"| {name} | `{s['space']}` | {s['qt_score']:.3f} | {b['subnet'] if b else '-'} | {acc} | {ms} | "
                     f"{il_s} |")
     md = [f"# Host space vs MobileNetV2 space at the same INT8 latency limit ({limit:g} ms)", "",
-          "Command: `.venv/bin/python bench/spaceevo/compare_spaces.py` "
-          f"({time.strftime('%Y-%m-%d')}, {cpu_model()}, 2 shared cores, heavily contended).", "",
+          f"Command: `{command}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, "
+          f"{result['note']}).", "",
           f"Budgets: supernet {args.epochs} FP32 sandwich epochs + {args.qat_epochs} LSQ+ QAT epoch(s) on "
           f"{args.train_subset} digits images (max, min + 1 random subnet per step); subnet search "
           "population 6, 1 generation, 3 measured (+ the fastest); space evolution 20 x 30 cycles, Q-T on 300 "

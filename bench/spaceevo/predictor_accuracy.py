@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +31,8 @@ from edgecompress.nas.predictor import (
     measure_subnet,
 )
 from edgecompress.nas.space import CIFAR_HYPERSPACE
+
+LOAD_BEFORE = os.getloadavg()[0]
 
 
 def main() -> None:
@@ -85,7 +89,8 @@ def _write(rows, args, predictor, fit_s, settings, spaces, out) -> None:
         "what": "latency predictor accuracy on random subnets (INT8 Q/DQ models unless precision says otherwise)",
         "device": "host", "cpu": cpu_model(), "host": host_info(), "runtime": "onnxruntime CPU",
         "precision": args.precision, "settings": settings.as_dict(),
-        "note": "2 shared CPU cores, heavily contended by other jobs during the run (load average > 10)",
+        "note": f"2 shared CPU cores; load average {LOAD_BEFORE:.2f} at the start, {os.getloadavg()[0]:.2f} now",
+        "command": " ".join([".venv/bin/python", "bench/spaceevo/predictor_accuracy.py", *sys.argv[1:]]),
         "predictor_fit_seconds": fit_s, "kernels_measured": {k: len(v) for k, v in predictor.samples.items()},
         "overhead": predictor.overhead, "adaptive_log": predictor.log,
         "subnets": len(rows), "subnets_planned": args.subnets, "within_10pct": within,
@@ -97,8 +102,8 @@ def _write(rows, args, predictor, fit_s, settings, spaces, out) -> None:
     write_json_atomic(out / "predictor_accuracy.json", result)
     md = [
         "# Latency predictor accuracy (host, onnxruntime, INT8 Q/DQ, 1 thread, batch 1)", "",
-        f"Command: `.venv/bin/python bench/spaceevo/predictor_accuracy.py` ({time.strftime('%Y-%m-%d')}, "
-        f"{cpu_model()}; 2 shared cores, heavily contended; latency = median over {settings.rounds} rounds of "
+        f"Command: `{result['command']}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{cpu_model()}; {result['note']}; latency = median over {settings.rounds} rounds of "
         f"the min of {settings.repeats} runs, after {settings.warmup} warmup).", "",
         "| subnets | within +-10% | within +-5% | abs rel. error min / median / max | measured ms min / median / max |",
         "|---|---|---|---|---|",
