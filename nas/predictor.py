@@ -193,16 +193,30 @@ class MeasureSettings:
                 "statistic": "median over rounds of the min over repeats", "batch": 1}
 
 
-def measure_onnx(path: str | Path, settings: MeasureSettings) -> float:
-    """Latency in ms of ``path`` in onnxruntime (CPU), batch 1: median over rounds of the per-round minimum."""
-    from edgecompress.devices.timing import measure
-    from edgecompress.runtime.engine import EngineOptions, load_engine
+class OnnxTimer:
+    """One onnxruntime (CPU) session of ``path``, batch 1, warmed up once; ``latency()`` times it again each call
+    (ms: median over ``settings.rounds`` rounds of the per-round minimum of ``settings.repeats`` runs)."""
 
-    engine = load_engine(path, "onnxruntime", EngineOptions(threads=settings.threads))
-    feeds = engine.check_feeds(engine.example_feeds(1))
-    measure(lambda: engine.run(feeds), warmup=settings.warmup, repeats=1)
-    mins = [min(measure(lambda: engine.run(feeds), warmup=0, repeats=settings.repeats)) for _ in range(settings.rounds)]
-    return float(np.median(mins))
+    def __init__(self, path: str | Path, settings: MeasureSettings) -> None:
+        from edgecompress.devices.timing import measure
+        from edgecompress.runtime.engine import EngineOptions, load_engine
+
+        self._measure, self.settings = measure, settings
+        self.engine = load_engine(path, "onnxruntime", EngineOptions(threads=settings.threads))
+        self.feeds = self.engine.check_feeds(self.engine.example_feeds(1))
+        measure(self.run, warmup=settings.warmup, repeats=1)
+
+    def run(self) -> None:
+        self.engine.run(self.feeds)
+
+    def latency(self) -> float:
+        s = self.settings
+        return float(np.median([min(self._measure(self.run, warmup=0, repeats=s.repeats)) for _ in range(s.rounds)]))
+
+
+def measure_onnx(path: str | Path, settings: MeasureSettings) -> float:
+    """Latency in ms of ``path`` in onnxruntime (CPU), batch 1, in a fresh session (``OnnxTimer``)."""
+    return OnnxTimer(path, settings).latency()
 
 
 def _export_quick(model: nn.Module, example: torch.Tensor, path: Path) -> None:

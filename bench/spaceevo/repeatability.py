@@ -23,28 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.devices.host import cpu_model
-from edgecompress.devices.timing import measure
 from edgecompress.fileio import write_json_atomic, write_text_atomic
-from edgecompress.nas.predictor import MeasureSettings, measure_subnet
+from edgecompress.nas.predictor import MeasureSettings, OnnxTimer, measure_subnet
 from edgecompress.nas.space import CIFAR_HYPERSPACE
-from edgecompress.runtime.engine import EngineOptions, load_engine
-
-
-class _Timed:
-    """One onnxruntime session, timed as ``measure_onnx`` times it (median over rounds of the round minimum)."""
-
-    def __init__(self, path: Path, settings: MeasureSettings) -> None:
-        self.settings = settings
-        self.engine = load_engine(path, "onnxruntime", EngineOptions(threads=settings.threads))
-        self.feeds = self.engine.check_feeds(self.engine.example_feeds(1))
-        measure(self.run, warmup=settings.warmup, repeats=1)
-
-    def run(self) -> None:
-        self.engine.run(self.feeds)
-
-    def latency(self) -> float:
-        s = self.settings
-        return float(np.median([min(measure(self.run, warmup=0, repeats=s.repeats)) for _ in range(s.rounds)]))
 
 
 def _pairs_within(values: np.ndarray, tol: float = 0.10) -> tuple[float, float]:
@@ -65,13 +46,13 @@ def main(n: int = 20, passes: int = 3, pause_s: float = 30.0) -> None:
         at_export.append(measure_subnet(sp, sp.sample(rng), "int8", settings, work))
         paths.append(work / f"s{i}.onnx")
         shutil.copy(work / "subnet.onnx", paths[-1])
-    ref = _Timed(paths[0], settings)
+    ref = OnnxTimer(paths[0], settings)
     raw, rel = np.zeros((n, passes)), np.zeros((n, passes))
     for k in range(passes):
         if k:
             time.sleep(pause_s)
         for i, path in enumerate(paths[1:]):
-            timed = _Timed(path, settings)  # a fresh session, as every benchmark measurement gets
+            timed = OnnxTimer(path, settings)  # a fresh session, as every benchmark measurement gets
             before, raw[i, k], after = ref.latency(), timed.latency(), ref.latency()
             rel[i, k] = raw[i, k] / ((before + after) / 2)
         print(f"pass {k + 1}/{passes} done", flush=True)
