@@ -42,15 +42,17 @@ def bench_model(key: str, trials: list[int], threads: int, repeats: int, rounds:
     ort = load_engine(path, "onnxruntime", EngineOptions(threads=threads))
     candidates = {"onnxruntime": ort}
     builds = {}
-    for layout in layouts:
+    for variant in layouts:
+        layout, _, prepack = variant.partition("-")  # "NHWC-prepack": NHWC with MetaSchedule's weight prepacking
         for n in trials:
-            name = f"tvm_trials{n}" if layout == "NCHW" else f"tvm_{layout.lower()}_trials{n}"
+            name = (f"tvm_trials{n}" if variant == "NCHW" else f"tvm_{variant.lower().replace('-', '_')}_trials{n}")
             t0 = time.perf_counter()
             try:
                 # 0 trials means "no search", but records cached by an earlier tuned run would still be
                 # applied: the untuned baseline compiles against an empty cache of its own
                 cache = {"cache_dir": work / "untuned-cache"} if n == 0 else {}
-                engine, build = build_engine(path, TvmCompileConfig(trials_per_task=n, layout=layout, **cache),
+                engine, build = build_engine(path, TvmCompileConfig(trials_per_task=n, layout=layout,
+                                                                      prepack=bool(prepack), **cache),
                                              threads=threads)
             except Exception as exc:  # noqa: BLE001 - a failed candidate is reported, the others still run
                 builds[name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -103,8 +105,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--layouts", nargs="+", default=["NCHW"], choices=["NCHW", "NHWC"],
-                   help="convolution layouts to compile (TvmCompileConfig.layout), each with every --trials")
+    p.add_argument("--layouts", nargs="+", default=["NCHW"],
+                   choices=["NCHW", "NHWC", "NCHW-prepack", "NHWC-prepack"],
+                   help="convolution layouts to compile (TvmCompileConfig.layout; '-prepack': weights laid out "
+                        "for the tuned schedule, TvmCompileConfig.prepack), each with every --trials")
     p.add_argument("--out", default=str(Path(__file__).parent))
     p.add_argument("--tag", default="", help="write results_<tag>.json/.md instead of results.json/.md")
     args = p.parse_args(argv)

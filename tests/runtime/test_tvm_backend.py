@@ -73,6 +73,7 @@ def test_tuning_database_is_keyed_by_model_and_target(tmp_path):
     assert a != tuning_dir("ab" * 32, target_spec("rpi5"), 1, tmp_path)
     assert a != tuning_dir("cd" * 32, target_spec("rpi4"), 1, tmp_path)
     assert a != tuning_dir("ab" * 32, target_spec("rpi4"), 1, tmp_path, layout="NHWC")  # other workloads
+    assert a != tuning_dir("ab" * 32, target_spec("rpi4"), 1, tmp_path, prepack=False)
 
 
 def test_nhwc_layout_compiles_with_parity_and_bad_layout_is_refused(small_onnx):
@@ -279,3 +280,31 @@ def test_metaschedule_tunes_and_the_records_are_applied(small_onnx, tmp_path):
     assert tuning["searched"] is True and tuning["trials_per_task_cached"] == 3
     assert [s["trials_per_task"] for s in tuning["searches"]] == [2, 1]
     assert tuning["seconds"] == pytest.approx(sum(s["seconds"] for s in tuning["searches"]), abs=0.2)
+
+
+@pytest.mark.slow
+def test_prepacked_weights_are_tuned_and_folded_into_constants(small_onnx, tmp_path):
+    """With ``prepack`` the tuned schedules choose the weight layout (MetaSchedule's RewriteLayout) and the
+    rewrite of each weight is folded at compile time: the engine holds weights in a layout the ONNX file
+    does not have, and still matches onnxruntime."""
+    import tvm
+
+    from edgecompress.runtime.backend_tvm import _apply_schedules
+
+    build = compile_tvm(small_onnx, TvmCompileConfig(trials_per_task=2, cache_dir=tmp_path, prepack=True))
+    assert build.report["prepack"] is True and build.report["tuning"]["database"].endswith("-pp")
+    assert build.report["schedules"]["metaschedule"] >= 1
+    target = tvm.target.Target(target_spec("host"))
+    mod = _apply_schedules(_lower(import_onnx(small_onnx, 1)[0], target, "NCHW", True), target,
+                           tuning_dir(build.report["onnx_sha256"], target_spec("host"), 1, tmp_path, prepack=True),
+                           True)[0]
+    onnx_shapes = {tuple(t.dims) for t in onnx.load(str(small_onnx)).graph.initializer}
+    consts = []
+    tvm.relax.analysis.post_order_visit(mod["main"], lambda e: consts.append(tuple(e.value.shape))
+                                        if isinstance(e, tvm.ir.expr.Constant) and hasattr(e.value, "shape")
+                                        else None)
+    assert any(len(c) > 1 and c not in onnx_shapes for c in consts), consts  # a rewritten weight
+    engine = load_engine(small_onnx, "tvm", EngineOptions(extra={"tune_trials": 2, "cache_dir": str(tmp_path),
+                                                                 "prepack": True}))
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    assert relative_error(engine.run([x])[0], load_engine(small_onnx, "onnxruntime").run([x])[0]) < 1e-4
