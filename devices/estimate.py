@@ -334,7 +334,7 @@ def fit_calibration(costs_per_model: Sequence[Sequence[LayerCost]], measured_ms:
     from scipy.optimize import minimize
 
     def loss_fn(theta: np.ndarray, cache_mb: float) -> float:
-        ec, em, ed, ee, nd, call = np.exp(theta)
+        ec, em, ed, ee, nd, call = np.exp(np.clip(theta, -12.0, 8.0))  # unbounded, exp overflowed to inf
         em = max(em, ETA_M_MIN)
         pred = np.array([_layer_times(a, ec, em, ed, ee, nd, cache_mb)[2].sum() + call for a in arrays])
         return float(np.sum((np.log(np.maximum(pred, 1e-12)) - np.log(m)) ** 2))
@@ -344,7 +344,7 @@ def fit_calibration(costs_per_model: Sequence[Sequence[LayerCost]], measured_ms:
         res = minimize(loss_fn, np.log(np.array(start, dtype=np.float64)), args=(cache_mb,), method="Nelder-Mead",
                        options={"maxiter": 2000, "xatol": 1e-4, "fatol": 1e-8})
         if res.fun < final[0]:
-            final = (float(res.fun), cache_mb, np.exp(res.x))
+            final = (float(res.fun), cache_mb, np.exp(np.clip(res.x, -12.0, 8.0)))
     _, cache_mb, (eta_c, eta_m, eta_d, eta_e, node_ms, call_ms) = final
     eta_m = max(eta_m, ETA_M_MIN)
     return Calibration(float(eta_c), float(eta_m), float(eta_d), float(node_ms) * 1e3, float(cache_mb), "measured",
@@ -452,8 +452,14 @@ def measured_ratio(device: str, cache: Path | None = None) -> tuple[float, int] 
 
 
 def predict_for_device(model_or_path, profile, batch: int = 1, precision: str = "fp32",
-                       calibration: Calibration | None = None, host=None) -> dict:
-    """Predicted latency and estimated energy of an ONNX model on a device profile."""
+                       calibration: Calibration | None = None, host=None, kernel_model=None) -> dict:
+    """Predicted latency and estimated energy of an ONNX model on a device profile.
+
+    ``method`` says how: ``kernels`` when a kernel model (``devices.ort_kernels``: the kernels
+    onnxruntime runs here, priced per class, calibrated on micro-benchmarks by ``edgecompress devices
+    --calibrate``) is given or cached for this device and the precision is fp32, else ``roofline`` (this
+    module, over ONNX nodes); with ``kernels`` the roofline figure stays beside it as ``roofline_ms``.
+    """
     costs = layer_costs(model_or_path, batch)
     peak_name = "peak_int8_gops" if precision == "int8" else "peak_fp32_gflops"
     peak = profile.require(peak_name)
@@ -462,11 +468,37 @@ def predict_for_device(model_or_path, profile, batch: int = 1, precision: str = 
     if cal.source == "measured" and cal.fitted_peak_gflops and cal.fitted_bandwidth_gbs and precision == "fp32":
         peak, bandwidth = cal.fitted_peak_gflops, cal.fitted_bandwidth_gbs
     out = predict_latency(costs, peak, bandwidth, cal)
-    out.update({"device": profile.name, "batch": batch, "precision": precision,
+    out.update({"device": profile.name, "batch": batch, "precision": precision, "method": "roofline",
                 "figure_sources": {k: profile.figure(k).source for k in (peak_name, "memory_bandwidth_gbs")}})
+    if precision == "fp32":
+        from edgecompress.devices.ort_kernels import cached_kernel_model
+
+        km = kernel_model or cached_kernel_model(profile.name)
+        if km is not None:
+            out.update(_kernel_prediction(model_or_path, km, batch, out["latency_ms"]))
     load = profile.figures.get("load_power_w")
     idle = profile.figures.get("idle_power_w")
     if load is not None and load.value is not None:
         out["energy"] = estimate_energy(out["latency_ms"] / 1e3, load.value, idle.value if idle else None)
         out["energy"]["power_source"] = load.source
     return out
+
+
+def _kernel_prediction(model_or_path, km, batch: int, roofline_ms: float) -> dict:
+    """The kernel model's latency for an ONNX file or ``ModelProto`` (onnxruntime on this machine lists the
+    kernels: one profiled run, its times discarded)."""
+    import tempfile
+
+    from edgecompress.devices.ort_kernels import runtime_kernels
+
+    if isinstance(model_or_path, (str, Path)):
+        kernels = runtime_kernels(model_or_path, batch)
+    else:
+        import onnx
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model_or_path, str(path))
+            kernels = runtime_kernels(path, batch)
+    return {"latency_ms": km.latency_ms(kernels), "roofline_ms": roofline_ms, "method": "kernels",
+            "kernels": len(kernels), "kernel_model": {"source": km.source, "ref": km.ref}}

@@ -504,7 +504,7 @@ def format_report(report: dict) -> str:
     lines += _format_energy(report.get("energy"))
     pred = report.get("predicted")
     if pred and "latency_ms" in pred:
-        lines.append(f"predicted (roofline, calibration {pred['calibration']['source']}): {pred['latency_ms']:.3f} ms"
+        lines.append(f"predicted ({_method(pred)}): {pred['latency_ms']:.3f} ms"
                      + (f", {pred['ratio_predicted_to_measured']:.2f}x the measured median"
                         if "ratio_predicted_to_measured" in pred else ""))
     per_layer = report.get("per_layer")
@@ -534,10 +534,17 @@ def _format_energy(energy: dict | None) -> list[str]:
     return [f"energy: {energy.get('reason', 'not available')}"]
 
 
+def _method(pred: dict) -> str:
+    if pred.get("method") == "kernels":
+        return (f"kernel model over {pred['kernels']} onnxruntime kernels, {pred['kernel_model']['ref']}; "
+                f"roofline {pred['roofline_ms']:.3f} ms")
+    return f"roofline, calibration {pred['calibration']['source']}"
+
+
 def _format_predicted(report: dict) -> str:
     pred = report["predicted"]
     lines = [report["note"],
-             f"latency (predicted, roofline, calibration {pred['calibration']['source']}): {pred['latency_ms']:.3f} ms "
+             f"latency (predicted, {_method(pred)}): {pred['latency_ms']:.3f} ms "
              f"at batch {pred['batch']} ({pred['macs'] / 1e6:.1f} MMACs, {pred['bytes_moved'] / 1e6:.1f} MB moved, "
              f"{pred['compute_bound_layers']}/{pred['nodes']} layers compute-bound)"]
     lines += _format_energy(report.get("energy"))

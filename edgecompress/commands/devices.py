@@ -15,12 +15,18 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", nargs="?", help="show one profile in full (with each figure's reference)")
     p.add_argument("--measure", action="store_true",
                    help="measure the host's peak and bandwidth now if not cached (a few seconds)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="time synthetic networks on onnxruntime here and fit the host's kernel model, which "
+                        "then predicts host latency (about a minute on 2 cores; stored in the cache)")
+    p.add_argument("--networks", type=int, default=200, help="synthetic networks for --calibrate (default 200)")
 
 
 def _run(args: argparse.Namespace) -> tuple[dict, str]:
     from edgecompress.devices.detect import detect_devices
     from edgecompress.devices.profiles import PROFILES, cache_dir, load_profile
 
+    if args.calibrate:
+        return _calibrate(args)
     detected = detect_devices()
     attached = {d.profile for d in detected if d.profile}
     names = [args.name] if args.name else PROFILES.names()
@@ -46,6 +52,32 @@ def _run(args: argparse.Namespace) -> tuple[dict, str]:
     for d in others:
         lines.append(f"attached without a profile: {d.kind} {d.name}")
     return data, "\n".join(lines)
+
+
+def _calibrate(args: argparse.Namespace) -> tuple[dict, str]:
+    import sys
+    import tempfile
+
+    from edgecompress.devices import microbench
+    from edgecompress.devices.ort_kernels import Kernel, save_kernel_model
+    from edgecompress.errors import BadInputError
+
+    if args.name not in (None, "host"):
+        raise BadInputError(f"--calibrate times networks on this machine: it calibrates 'host', not {args.name!r}")
+    if args.networks < 10:
+        raise BadInputError(f"--networks {args.networks}: need at least 10 synthetic networks to fit the kernel model")
+    with tempfile.TemporaryDirectory() as tmp:
+        model, data = microbench.calibrate(tmp, count=args.networks,
+                                           progress=lambda s: print(s, file=sys.stderr, flush=True))
+    path = save_kernel_model("host", model)
+    errors = [model.latency_ms([Kernel(**k) for k in v["kernels"]]) / v["measured_ms"] - 1
+              for v in data["networks"].values()]
+    within = sum(abs(e) <= 0.25 for e in errors)
+    text = (f"host kernel model: {model.ref}\n"
+            f"  on its own networks (in sample): {within}/{len(errors)} within 25% of measured\n"
+            f"  saved to {path}; `edgecompress profile` and predict_for_device now predict host latency with it")
+    return {"kernel_model": model.as_dict(), "path": str(path), "networks": len(errors),
+            "in_sample_within_25pct": within, "wall_s": data["wall_s"]}, text
 
 
 COMMANDS.add("devices", Command("devices", "list device profiles, which are attached, and each figure's source",
