@@ -33,6 +33,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def last_level_cache_mb() -> float | None:
+    """The largest CPU cache the kernel reports (Linux sysfs, cpu0), in MB; ``None`` when not readable."""
+    from pathlib import Path
+
+    sizes = []
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (d / "size").read_text().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1 / 1024, "M": 1.0, "G": 1024.0}.get(text[-1:])
+        try:
+            sizes.append(float(text[:-1]) * scale if scale else float(text) / 2**20)
+        except ValueError:
+            continue
+    return max(sizes) if sizes else None
+
+
 def package_version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -47,4 +65,5 @@ def host_info() -> dict:
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "last_level_cache_mb": last_level_cache_mb(),
     }

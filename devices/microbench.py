@@ -16,8 +16,8 @@ Blocks (each network is one to three of them after a stem convolution):
   weights and an Add chain, then BatchNormalization and Clip (the TVConv export's ops);
 - ``pool``: 3x3 convolution, MaxPool;
 - ``head``: GlobalAveragePool or Flatten, then one or two Gemm layers;
-- ``heavy``: two to five 3x3 convolutions at 256-512 channels on 4x4 or smaller maps (VGG's tail):
-  weights of 5-45 MB, up to more than the last-level cache holds, so they come from DRAM on every run as in a large
+- ``heavy``: three to six 3x3 convolutions at 384-512 channels on 4x4 or smaller maps (VGG's tail):
+  weights of 5-55 MB, up to more than the last-level cache holds, so they come from DRAM on every run as in a large
   model (a micro-benchmark of small networks alone keeps every weight in cache and under-predicts
   VGG-16 by 30%: measured).
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ BLOCKS = ("dense", "inverted", "grouped", "position", "pool", "head", "heavy")
 OPSET = 17
 _WIDTHS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 256, 320, 512)
 _SIZES = (2, 4, 7, 8, 14, 16, 28, 32, 56)
-MAX_MACS = 150e6  # per network: every run stays under a few milliseconds on 2 cores
+MAX_MACS = 200e6  # per network: every run stays under a few milliseconds on 2 cores
 MAX_WEIGHT_MB = 80.0
 
 
@@ -152,8 +153,8 @@ def _block(net: _Net, kind: str, rng: np.random.Generator) -> None:
     elif kind == "heavy":
         while net.shape[1] > 4:
             net.pool(2)
-        for _ in range(pick((3, 4, 5))):
-            net.conv(pick((384, 512)), 3, act="Relu")
+        for _ in range(pick((3, 4, 5, 6))):
+            net.conv(pick((384, 512, 512)), 3, act="Relu")
     elif kind == "pool":
         net.conv(pick(_WIDTHS), 3, act="Relu")
         net.pool(pick((2, 3)))
@@ -195,7 +196,8 @@ def synthetic_models(count: int, seed: int = 0) -> list[tuple[str, object]]:
         for _ in range(int(rng.integers(1, 5 if kind == "position" else 3))):
             if net.shape[1] < 2:
                 break
-            _block(net, kind if kind in ("head", "position") else str(rng.choice((kind, kind, *BLOCKS[:5]))), rng)
+            _block(net, kind if kind in ("head", "position", "heavy") else str(rng.choice((kind, kind, *BLOCKS[:5]))),
+                   rng)
             if kind == "head":
                 break
         weight_mb = sum(t.ByteSize() for t in net.inits) / 1e6
@@ -206,14 +208,17 @@ def synthetic_models(count: int, seed: int = 0) -> list[tuple[str, object]]:
 
 
 def time_networks(paths: dict[str, Path], rounds: int = 3, runs: int = 20, threads: int = 1, group: int = 16,
-                  progress: Callable[[str], None] | None = None) -> tuple[dict[str, list[Kernel]], dict[str, float]]:
+                  progress: Callable[[str], None] | None = None,
+                  between_rounds: Callable[[], None] | None = None) -> tuple[dict[str, list[Kernel]], dict[str, float]]:
     """Each network's kernels with their times under the profiler, and its latency without it (ms).
 
-    Networks are timed ``group`` at a time: each round runs every network of the group ``runs`` times
-    under the profiler and ``runs`` times without it, in turn (a burst of machine noise hits them
-    alike); the figures are each kernel's and each network's 10th percentile over all rounds. Groups,
-    not all networks at once: with 155 sessions open, every network ran 10-50% slower than with 15
-    (measured, bench/profiler README), so the synthetic and the zoo figures would not compare.
+    Every round loads each network afresh, ``group`` at a time, and runs each one ``runs`` times under
+    the profiler and ``runs`` times without it, in turn (a burst of machine noise hits a group alike);
+    the figures are each kernel's and each network's 10th percentile over all rounds. Fresh sessions
+    every round because one model's latency differs between sessions and processes by up to 1.7x on
+    this host (bench/profiler README); groups, not all networks at once, because with 155 sessions open
+    every network ran 10-50% slower. ``between_rounds`` runs after every round but the last
+    (bench/profiler times the zoo there, so a drift in machine speed reaches both).
     """
     from edgecompress.devices.timing import interleaved
     from edgecompress.runtime.engine import EngineOptions, load_engine
@@ -223,26 +228,32 @@ def time_networks(paths: dict[str, Path], rounds: int = 3, runs: int = 20, threa
         raise ValueError(f"rounds={rounds}, runs={runs}, group={group}: need rounds >= 1, runs >= 4, group >= 1")
     t0 = time.time()
     names = list(paths)
-    kernels: dict[str, list[Kernel]] = {}
-    measured: dict[str, float] = {}
+    listed: dict[str, list[Kernel]] = {}
+    durs: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    samples: dict[str, list[float]] = {n: [] for n in names}
     warm = 3
-    for g in range(0, len(names), group):
-        chunk = names[g:g + group]
-        sessions = {n: ProfiledSession(paths[n], threads=threads) for n in chunk}
-        engines = {n: load_engine(paths[n], "onnxruntime", EngineOptions(threads=threads)) for n in chunk}
-        fns = {n: (lambda e=e, f=e.example_feeds(1): e._run(f)) for n, e in engines.items()}
-        samples: dict[str, list[float]] = {n: [] for n in chunk}
-        for r in range(rounds):
+    for r in range(rounds):
+        for g in range(0, len(names), group):
+            chunk = names[g:g + group]
+            sessions = {n: ProfiledSession(paths[n], threads=threads) for n in chunk}
+            engines = {n: load_engine(paths[n], "onnxruntime", EngineOptions(threads=threads)) for n in chunk}
+            fns = {n: (lambda e=e, f=e.example_feeds(1): e._run(f)) for n, e in engines.items()}
             for s in sessions.values():
-                s.run(runs + (warm if r == 0 else 0))
-            for n, xs in interleaved(fns, warmup=warm if r == 0 else 1, repeats=runs, rounds=1).items():
+                s.run(warm + runs)
+            for n, xs in interleaved(fns, warmup=warm, repeats=runs, rounds=1).items():
                 samples[n].extend(xs)
-        for n in chunk:
-            kernels[n] = sessions[n].kernels(skip=warm, percentile=10.0)
-            measured[n] = float(np.percentile(samples[n], 10))
-        del sessions, engines, fns
-        say(f"timed {min(g + group, len(names))}/{len(names)} networks ({time.time() - t0:.0f} s)")
-    return kernels, measured
+            for n in chunk:
+                kernels, times = sessions[n].finish(skip=warm)
+                listed.setdefault(n, kernels)
+                for name, xs in times.items():
+                    durs[n].setdefault(name, []).extend(xs)
+            del sessions, engines, fns
+        say(f"round {r + 1}/{rounds}: {len(names)} networks timed ({time.time() - t0:.0f} s)")
+        if between_rounds is not None and r < rounds - 1:
+            between_rounds()
+    kernels = {n: [replace(k, measured_us=float(np.percentile(durs[n][k.name], 10))) for k in listed[n]]
+               for n in names}
+    return kernels, {n: float(np.percentile(samples[n], 10)) for n in names}
 
 
 def write_synthetic(workdir: str | Path, count: int = 200, seed: int = 0) -> dict[str, Path]:
@@ -259,18 +270,24 @@ def write_synthetic(workdir: str | Path, count: int = 200, seed: int = 0) -> dic
 
 
 def calibrate(workdir: str | Path, count: int = 200, seed: int = 0, rounds: int = 3, runs: int = 20,
-              threads: int = 1, progress: Callable[[str], None] | None = None) -> tuple[KernelModel, dict]:
+              threads: int = 1, progress: Callable[[str], None] | None = None,
+              between_rounds: Callable[[], None] | None = None) -> tuple[KernelModel, dict]:
     """Write ``count`` synthetic networks to ``workdir``, time them (``time_networks``) and fit a
     ``KernelModel`` to them. Returns the model and the data it was fitted on."""
-    from edgecompress.devices.host import package_version
+    from edgecompress.devices.host import last_level_cache_mb, package_version
 
     say = progress or (lambda s: None)
     t0 = time.time()
     paths = write_synthetic(workdir, count, seed)
     say(f"wrote {len(paths)} synthetic networks to {workdir}")
-    kernels, measured = time_networks(paths, rounds, runs, threads, progress=progress)
+    kernels, measured = time_networks(paths, rounds, runs, threads, progress=progress,
+                                      between_rounds=between_rounds)
     names = sorted(paths)
-    model = fit_kernel_model([kernels[n] for n in names], [measured[n] for n in names], *_host_peak(),
+    # the machine's own last-level cache decides which models' weights stay cached between runs: fitted,
+    # the threshold wandered between 4 and 16 MB from run to run of bench/profiler (the synthetic networks
+    # seldom straddle it), and MobileNetV2's 8.9 MB of weights came out cold in some runs (+45%)
+    llc = last_level_cache_mb()
+    model = fit_kernel_model([kernels[n] for n in names], [measured[n] for n in names], *_host_peak(), llc_mb=llc,
                              ref=f"{len(names)} synthetic networks (devices.microbench, seed {seed}), onnxruntime "
                                  f"{package_version('onnxruntime')}, {threads} thread(s), batch 1, p10 latency")
     data = {"networks": {n: {"measured_ms": measured[n], "kernels": [k.as_dict() for k in kernels[n]]}

@@ -120,6 +120,23 @@ def _macs(kind: str, inputs: list, outputs: list) -> int:
     return 0
 
 
+def _kernel_events(events: list[dict]):
+    return (e for e in events if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"))
+
+
+def kernel_durations(events: list[dict], skip: int = 0) -> dict[str, list[float]]:
+    """Each kernel's ``dur`` (us) in onnxruntime profiler events, over its runs after the first ``skip``."""
+    durs: dict[str, list[float]] = {}
+    seen: dict[str, int] = {}
+    for e in _kernel_events(events):
+        name = e["name"][: -len("_kernel_time")]
+        seen[name] = seen.get(name, 0) + 1
+        xs = durs.setdefault(name, [])
+        if seen[name] > skip:
+            xs.append(float(e.get("dur", 0)))
+    return durs
+
+
 def kernels_from_profile(events: list[dict], domains: dict[str, str], skip: int = 0,
                          percentile: float | None = 10.0) -> list[Kernel]:
     """Kernels (in run order) from onnxruntime profiler events.
@@ -130,24 +147,12 @@ def kernels_from_profile(events: list[dict], domains: dict[str, str], skip: int 
     bench/profiler: on a shared machine a kernel's time has a long upper tail. Profiler durations are
     whole microseconds (truncated): that bias is per kernel and constant, and ``profiler_us`` absorbs it.
     """
-    order: list[str] = []
-    durs: dict[str, list[float]] = {}
     first: dict[str, dict] = {}
-    seen: dict[str, int] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
-            continue
-        name = e["name"][: -len("_kernel_time")]
-        if name not in first:
-            first[name] = e
-            order.append(name)
-            durs[name] = []
-            seen[name] = 0
-        seen[name] += 1
-        if seen[name] > skip:
-            durs[name].append(float(e.get("dur", 0)))
+    for e in _kernel_events(events):
+        first.setdefault(e["name"][: -len("_kernel_time")], e)
+    durs = kernel_durations(events, skip)
     kernels = []
-    for name in order:
+    for name in first:
         a = first[name].get("args", {})
         op = a.get("op_name", "?")
         ins, outs = _shapes(a.get("input_type_shape")), _shapes(a.get("output_type_shape"))
@@ -158,8 +163,7 @@ def kernels_from_profile(events: list[dict], domains: dict[str, str], skip: int 
         else:
             nbytes = sum(int(np.prod(d, dtype=np.int64)) * _DTYPE_BYTES.get(t, 4) for t, d in ins + outs)
             wbytes = 0
-        times = durs[name]
-        measured = float(np.percentile(times, percentile)) if times and percentile is not None else None
+        measured = _percentile(durs.get(name), percentile)
         c_out = int(outs[0][1][1]) if kind in MAC_CLASSES and outs and len(outs[0][1]) > 1 else 0
         rows = 0
         if kind in ROW_CLASSES and outs and outs[0][1]:
@@ -207,8 +211,9 @@ class ProfiledSession:
             self._sess.run(None, self._feeds)
         self.runs += n
 
-    def kernels(self, skip: int = 0, percentile: float | None = 10.0) -> list[Kernel]:
-        """End the profile; the kernels of the runs after the first ``skip`` (see ``kernels_from_profile``)."""
+    def finish(self, skip: int = 0) -> tuple[list[Kernel], dict[str, list[float]]]:
+        """End the profile: the kernels (``measured_us`` unset) and each one's durations in us over the
+        runs after the first ``skip``."""
         import onnx
 
         if self.runs <= skip:
@@ -219,7 +224,16 @@ class ProfiledSession:
         finally:
             self._tmp.cleanup()
         domains = {n.name: n.domain for n in optimized.graph.node}
-        return kernels_from_profile(events, domains, skip, percentile)
+        return kernels_from_profile(events, domains, 0, None), kernel_durations(events, skip)
+
+    def kernels(self, skip: int = 0, percentile: float | None = 10.0) -> list[Kernel]:
+        """End the profile; the kernels of the runs after the first ``skip`` (see ``kernels_from_profile``)."""
+        kernels, durs = self.finish(skip)
+        return [replace(k, measured_us=_percentile(durs.get(k.name), percentile)) for k in kernels]
+
+
+def _percentile(xs: list[float] | None, q: float | None) -> float | None:
+    return float(np.percentile(xs, q)) if xs and q is not None else None
 
 
 def runtime_kernels(onnx_path: str | Path, batch: int = 1, threads: int = 1) -> list[Kernel]:
@@ -330,9 +344,11 @@ LLC_MB_GRID = (4.0, 8.0, 16.0, 32.0, 64.0)
 
 
 def fit_kernel_model(kernels_per_model: Sequence[Sequence[Kernel]], measured_ms: Sequence[float],
-                     peak_gflops: float, bandwidth_gbs: float, ref: str = "") -> KernelModel:
+                     peak_gflops: float, bandwidth_gbs: float, ref: str = "",
+                     llc_mb: float | None = None) -> KernelModel:
     """Fit the class terms, ``eta_d``, ``cache_mb`` and ``group_us`` on every kernel's ``measured_us``
-    (least squares on ``log(predicted / measured)``, the cache size over ``CACHE_MB_GRID``), then
+    (least squares on ``log(predicted / measured)``, the cache size over ``CACHE_MB_GRID``; the
+    last-level cache ``llc_mb`` as given, the machine's, or over ``LLC_MB_GRID`` when ``None``), then
     ``profiler_us`` and ``call_us`` on the models' unprofiled ``measured_ms``."""
     from scipy.optimize import least_squares
 
@@ -363,8 +379,8 @@ def fit_kernel_model(kernels_per_model: Sequence[Sequence[Kernel]], measured_ms:
                 (p[3 * n + 4] if has_groups else 0.0))
 
     best = (math.inf, None, None, None)
-    for llc_mb in LLC_MB_GRID:
-        fs = [_features(ks, peak_gflops, bandwidth_gbs, llc_mb) for ks in per_model]
+    for llc in (llc_mb,) if llc_mb else LLC_MB_GRID:
+        fs = [_features(ks, peak_gflops, bandwidth_gbs, llc) for ks in per_model]
         f = {key: np.concatenate([x[key] for x in fs]) for key in fs[0]}
         for cache_mb in CACHE_MB_GRID:
             fast = f["hot_bytes"] <= cache_mb * 1e6
@@ -380,7 +396,7 @@ def fit_kernel_model(kernels_per_model: Sequence[Sequence[Kernel]], measured_ms:
                                         [1.0] if has_groups else []]))
             r = least_squares(resid, x0, bounds=(-12.0, 8.0), method="trf")
             if r.cost < best[0]:
-                best = (float(r.cost), cache_mb, llc_mb, r.x)
+                best = (float(r.cost), cache_mb, llc, r.x)
     _, cache_mb, llc_mb, theta = best
     terms, eta_d, eta_w, cold_us, row_us, group_us = unpack(theta)
     model = KernelModel({c: tuple(float(x) for x in terms[i]) for i, c in enumerate(fitted)}, peak_gflops,

@@ -174,7 +174,10 @@ def test_synthetic_models_are_valid_onnx_and_cover_every_block():
 def test_calibrate_fits_a_model_that_predict_for_device_uses(tmp_path):
     from edgecompress.devices.profiles import load_profile
 
-    model, data = microbench.calibrate(tmp_path / "syn", count=14, rounds=1, runs=4)
+    calls = []
+    model, data = microbench.calibrate(tmp_path / "syn", count=14, rounds=2, runs=4,
+                                       between_rounds=lambda: calls.append(1))
+    assert calls == [1]  # between the two rounds, not after the last
     assert model.source == "measured" and "14 synthetic networks" in model.ref
     assert len(data["networks"]) == 14 and all(v["measured_ms"] > 0 for v in data["networks"].values())
     assert "conv" in model.classes
