@@ -7,7 +7,8 @@ sizes, strides and groups; ``calibrate`` times them on onnxruntime, each kernel 
 each network without it, interleaved, and fits a ``KernelModel``. The zoo is then entirely out of
 sample (bench/profiler compares the two).
 
-Blocks (each network is one to three of them after a stem convolution):
+Blocks (each network is a stem convolution and one or two blocks, mostly of its own kind; up to
+four position filters in a row, so their weights can outgrow the cache as in a whole TVConv network):
 
 - ``dense``: a k x k convolution (k in 1, 3, 5, 7; stride 1 or 2) with ReLU, sometimes a residual 1x1;
 - ``inverted``: MobileNetV2's 1x1 expand, 3x3 depthwise, 1x1 project (+ residual at stride 1);
@@ -15,14 +16,15 @@ Blocks (each network is one to three of them after a stem convolution):
 - ``position``: a translation-variant 3x3 filter written as Pad, nine Slices, nine Muls by per-position
   weights and an Add chain, then BatchNormalization and Clip (the TVConv export's ops);
 - ``pool``: 3x3 convolution, MaxPool;
-- ``head``: GlobalAveragePool or Flatten, then one or two Gemm layers;
-- ``heavy``: three to six 3x3 convolutions at 384-512 channels on 4x4 or smaller maps (VGG's tail):
-  weights of 5-55 MB, up to more than the last-level cache holds, so they come from DRAM on every run as in a large
-  model (a micro-benchmark of small networks alone keeps every weight in cache and under-predicts
-  VGG-16 by 30%: measured).
+- ``head``: an optional 1x1 convolution to 256-1280 channels, GlobalAveragePool or Flatten, then one or
+  two Gemm layers;
+- ``heavy``: three to six 3x3 convolutions at 384-512 channels on 4x4 or smaller maps (VGG's tail),
+  weights of 15-70 MB, most beyond the last-level cache, so they come from DRAM on every run as in a
+  large model (small networks alone keep every weight in cache: a calibration without these
+  under-predicted VGG-16 by 30%, measured).
 
 >>> [name for name, _ in synthetic_models(3, seed=0)]
-['syn000_grouped', 'syn001_head', 'syn002_inverted']
+['syn000_head', 'syn001_head', 'syn002_pool']
 """
 
 from __future__ import annotations

@@ -12,24 +12,34 @@ This module predicts from the runtime's own kernel list:
 
 - ``runtime_kernels(path)``: the kernels onnxruntime runs for a model on this machine and their
   shapes, read from its profiler (``SessionOptions.enable_profiling``) over one run and the optimised
-  graph it writes (the kernel domain tells NCHWc from plain). With ``runs > 0`` each kernel also gets
-  its mean measured time over that many profiled runs (training data); without, the times are discarded.
-- ``KernelModel``: per kernel class ``k`` (``KERNEL_CLASSES``), a roofline with the class's own
-  efficiencies and fixed cost, ``t = max(2 MACs / (eta_c[k] peak), bytes / (eta_m[k] bandwidth))
-  + t0[k] (+ group_us (groups - 1) for a plain grouped convolution)``; a model's latency is
+  graph it writes (the kernel domain tells NCHWc from plain); that run's times are discarded.
+  ``ProfiledSession`` keeps them, for training data (``devices.microbench``).
+- ``KernelModel``: per kernel class ``k`` (``KERNEL_CLASSES``: the convolution kinds, Gemm, reorders,
+  views and one class per data-movement op family, whose speed per byte differs 10x) a roofline with
+  the class's own efficiencies and fixed cost::
+
+      t = max(2 MACs / (eta_c[k] peak), hot bytes / (eta bandwidth)) + cold bytes / (eta_w bandwidth)
+          + t0[k] + cold_us [weights cold] + row_us rows [Slice, Pad, Concat] + group_us (groups - 1)
+
+  with ``eta = eta_m[k]`` while the hot bytes fit in ``cache_mb`` and the shared ``eta_d`` beyond.
+  A model's weights are *cold* when together they exceed the last-level cache (``llc_mb``): the other
+  layers evict them between runs, so each kernel streams its weights from DRAM, after its compute
+  (measured additive on VGG-16: 103 us of compute + 252 us of streaming against 370 us). A plain
+  (grouped) convolution's hot bytes include its im2col buffer. A model's latency is
   ``sum_k (t_k - profiler_us) + call_us``: the profiler's own per-kernel cost (the timed region of a
-  profiled kernel includes its bookkeeping: a no-op ``Flatten`` reads 4-5 us) taken off, and the run
+  profiled kernel includes its bookkeeping: a no-op ``Flatten`` reads 3-5 us) taken off, the run
   call's fixed cost added.
-- ``fit_kernel_model``: the class terms by least squares on ``log(predicted / measured)`` over every
-  kernel of the training models (hundreds of points where the whole-model fit has 15), then
-  ``profiler_us`` and ``call_us`` on the training models' unprofiled latencies.
+- ``fit_kernel_model``: every term by least squares on ``log(predicted / measured)`` over every kernel
+  of the training networks (thousands of points where a whole-model fit has 15), ``cache_mb`` over a
+  grid, ``llc_mb`` as given (the machine's L3) or over a grid; then ``profiler_us`` and ``call_us`` on
+  the networks' unprofiled latencies.
 
 Figures from it are ``predicted``, never ``measured``; a class with fewer than ``MIN_KERNELS`` training
 kernels borrows the terms of ``eltwise`` (no MACs) or ``conv`` and the model records that it did.
 
 >>> k = Kernel("c", "Conv", "conv", macs=10**6, bytes_moved=10**5)
 >>> m = KernelModel({"conv": (0.5, 1.0, 2.0)}, peak_gflops=10.0, bandwidth_gbs=5.0)
->>> round(m.kernel_us([k])[0], 1)   # max(2e6 / (0.5 * 10e9), 1e5 / 5e9) s = 400 us, + 2 us
+>>> round(float(m.kernel_us([k])[0]), 1)   # max(2e6 / (0.5 * 10e9), 1e5 / 5e9) s = 400 us, + 2 us
 402.0
 """
 
