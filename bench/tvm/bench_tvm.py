@@ -76,8 +76,11 @@ def bench_model(key: str, trials: list[int], threads: int, repeats: int, rounds:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"Source: measured on {result['host']['cpu']} ({result['host']['cores']} usable cores, shared and "
-             f"contended), batch 1, {result['settings']['threads']} threads, interleaved "
+    load = [result["host"].get(k, [None])[0] for k in ("load_avg_at_start", "load_avg_at_end")]
+    load_txt = ", ".join("?" if x is None else f"{x:.1f}" for x in load)
+    lines = [f"Source: measured on {result['host']['cpu']} ({result['host']['cores']} usable cores of a shared VM; "
+             f"1-min load average {load_txt} at start and end, tuning included), batch 1, "
+             f"{result['settings']['threads']} threads, interleaved "
              f"{result['settings']['rounds']} rounds x {result['settings']['repeats']} runs (warmup 5), "
              "wall clock of engine.run. Ratios are TVM / onnxruntime (1.0 = as fast).", "",
              "| model | engine | min ms | median ms | max ms | median ratio | min ratio "
