@@ -452,13 +452,15 @@ def measured_ratio(device: str, cache: Path | None = None) -> tuple[float, int] 
 
 
 def predict_for_device(model_or_path, profile, batch: int = 1, precision: str = "fp32",
-                       calibration: Calibration | None = None, host=None, kernel_model=None) -> dict:
+                       calibration: Calibration | None = None, host=None, kernel_model=None,
+                       use_kernels: bool = True) -> dict:
     """Predicted latency and estimated energy of an ONNX model on a device profile.
 
     ``method`` says how: ``kernels`` when a kernel model (``devices.ort_kernels``: the kernels
     onnxruntime runs here, priced per class, calibrated on micro-benchmarks by ``edgecompress devices
     --calibrate``) is given or cached for this device and the precision is fp32, else ``roofline`` (this
     module, over ONNX nodes); with ``kernels`` the roofline figure stays beside it as ``roofline_ms``.
+    ``use_kernels=False`` always gives the roofline (measured/predicted ratios are kept against it).
     """
     costs = layer_costs(model_or_path, batch)
     peak_name = "peak_int8_gops" if precision == "int8" else "peak_fp32_gflops"
@@ -470,7 +472,7 @@ def predict_for_device(model_or_path, profile, batch: int = 1, precision: str = 
     out = predict_latency(costs, peak, bandwidth, cal)
     out.update({"device": profile.name, "batch": batch, "precision": precision, "method": "roofline",
                 "figure_sources": {k: profile.figure(k).source for k in (peak_name, "memory_bandwidth_gbs")}})
-    if precision == "fp32":
+    if precision == "fp32" and use_kernels:
         from edgecompress.devices.ort_kernels import cached_kernel_model
 
         km = kernel_model or cached_kernel_model(profile.name)

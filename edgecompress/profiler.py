@@ -353,7 +353,8 @@ def _record_remote_ratio(onnx_path: str | Path, config: ProfileConfig, measured_
         host = load_profile("host", measure_host=True)
         device = host if config.device == "host" else load_profile(config.device)
         base = calibration_for(device, host, use_ratios=False)
-        pred = predict_for_device(onnx_path, device, batch=config.batch, calibration=base, host=host)
+        pred = predict_for_device(onnx_path, device, batch=config.batch, calibration=base, host=host,
+                                  use_kernels=False)  # ratios scale the roofline (calibration_for)
     except BadInputError as exc:
         return {"source": "predicted", "available": False, "reason": str(exc)}
     path = record_ratio(config.device, f"{sha256_file(onnx_path)[:16]}-b{config.batch}", measured_ms,

@@ -194,6 +194,7 @@ def test_calibrate_fits_a_model_that_predict_for_device_uses(tmp_path):
         assert after["latency_ms"] == pytest.approx(model.latency_ms(runtime_kernels(onnx_path)))
         assert after["energy"]["source"] == "estimated"
         assert predict_for_device(onnx_path, host, precision="int8")["method"] == "roofline"
+        assert predict_for_device(onnx_path, host, use_kernels=False)["method"] == "roofline"
     finally:
         path.unlink()
 
@@ -209,3 +210,16 @@ def test_devices_calibrate_refuses_a_board_and_too_few_networks():
 
     assert main(["devices", "rpi4", "--calibrate"]) == 2
     assert main(["devices", "--calibrate", "--networks", "3"]) == 2
+
+
+def test_devices_calibrate_stores_the_host_kernel_model(tmp_path, monkeypatch, capsys):
+    import json
+
+    from edgecompress.cli import main
+
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path))  # its own cache: the host is re-measured there
+    assert main(["--json", "devices", "--calibrate", "--networks", "12"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["networks"] == 12 and out["path"] == str(tmp_path / "kernel-model-host.json")
+    model = cached_kernel_model("host")
+    assert model is not None and model.source == "measured" and model.as_dict() == out["kernel_model"]
