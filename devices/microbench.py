@@ -275,7 +275,8 @@ def calibrate(workdir: str | Path, count: int = 200, seed: int = 0, rounds: int 
               threads: int = 1, progress: Callable[[str], None] | None = None,
               between_rounds: Callable[[], None] | None = None) -> tuple[KernelModel, dict]:
     """Write ``count`` synthetic networks to ``workdir``, time them (``time_networks``) and fit a
-    ``KernelModel`` to them. Returns the model and the data it was fitted on."""
+    ``KernelModel`` to them. Returns the model and the data it was fitted on, with the model's in-sample
+    error (predicted / measured - 1) for each network."""
     from edgecompress.devices.host import last_level_cache_mb, package_version
 
     say = progress or (lambda s: None)
@@ -292,7 +293,8 @@ def calibrate(workdir: str | Path, count: int = 200, seed: int = 0, rounds: int 
     model = fit_kernel_model([kernels[n] for n in names], [measured[n] for n in names], *_host_peak(), llc_mb=llc,
                              ref=f"{len(names)} synthetic networks (devices.microbench, seed {seed}), onnxruntime "
                                  f"{package_version('onnxruntime')}, {threads} thread(s), batch 1, p10 latency")
-    data = {"networks": {n: {"measured_ms": measured[n], "kernels": [k.as_dict() for k in kernels[n]]}
+    data = {"networks": {n: {"measured_ms": measured[n], "kernels": [k.as_dict() for k in kernels[n]],
+                             "error": model.latency_ms(kernels[n]) / measured[n] - 1}  # in sample
                          for n in names}, "seed": seed, "rounds": rounds, "runs": runs, "threads": threads,
             "wall_s": time.time() - t0}
     return model, data

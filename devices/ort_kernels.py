@@ -160,7 +160,7 @@ def kernels_from_profile(events: list[dict], domains: dict[str, str], skip: int 
     first: dict[str, dict] = {}
     for e in _kernel_events(events):
         first.setdefault(e["name"][: -len("_kernel_time")], e)
-    durs = kernel_durations(events, skip)
+    durs = kernel_durations(events, skip) if percentile is not None else {}
     kernels = []
     for name in first:
         a = first[name].get("args", {})
@@ -186,7 +186,7 @@ class ProfiledSession:
     """An onnxruntime CPU session with its profiler on: ``run`` it (interleaved with others if you
     like), then ``kernels`` ends the profile and reads the kernels it ran, with their times."""
 
-    def __init__(self, onnx_path: str | Path, batch: int = 1, threads: int = 1, seed: int = 0) -> None:
+    def __init__(self, onnx_path: str | Path, batch: int = 1, threads: int | None = 1, seed: int = 0) -> None:
         import onnxruntime as ort
 
         from edgecompress.runtime.backend_onnxruntime import session_options
@@ -209,11 +209,12 @@ class ProfiledSession:
         rng = np.random.default_rng(seed)
         self._feeds = {}
         for i in self._sess.get_inputs():
-            if i.type != "tensor(float)":
+            dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64}.get(i.type)
+            if dtype is None:
                 self._tmp.cleanup()
                 raise BadInputError(f"{path}: input {i.name!r} is {i.type}; only float inputs are fed here")
             shape = [d if isinstance(d, int) else batch for d in i.shape]
-            self._feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+            self._feeds[i.name] = rng.standard_normal(shape).astype(dtype)
         self.runs = 0
 
     def run(self, n: int = 1) -> None:

@@ -20,7 +20,6 @@ the runtime and the settings):
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -366,37 +365,21 @@ def _record_remote_ratio(onnx_path: str | Path, config: ProfileConfig, measured_
 # ----------------------------------------------------------------------------- per-layer, histogram
 
 def ort_per_layer(onnx_path: Path | str, config: ProfileConfig, runs: int | None = None, top: int = 10) -> dict:
-    """Per-node kernel time from onnxruntime's profiler (``SessionOptions.enable_profiling``).
+    """Per-node kernel time from onnxruntime's profiler (``devices.ort_kernels.ProfiledSession``).
 
-    Sums the ``Node`` events whose name ends in ``_kernel_time`` over ``runs`` runs after one untimed
-    run, per node; returns the ``top`` nodes by time and the share of the total.
+    Sums each kernel's durations over ``runs`` runs after one untimed run; returns the ``top`` nodes by
+    time and the share of the total.
     """
     import onnxruntime as ort
 
-    from edgecompress.runtime.backend_onnxruntime import session_options
+    from edgecompress.devices.ort_kernels import ProfiledSession
 
     runs = runs or min(config.repeats, 20)
-    with tempfile.TemporaryDirectory() as tmp:
-        so = session_options(EngineOptions(threads=config.threads))
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "ort")
-        sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
-        rng = np.random.default_rng(config.seed)
-        feeds = {}
-        for i in sess.get_inputs():
-            shape = [d if isinstance(d, int) else config.batch for d in i.shape]
-            feeds[i.name] = rng.standard_normal(shape).astype(np.float32 if i.type == "tensor(float)" else np.float64)
-        for _ in range(runs + 1):
-            sess.run(None, feeds)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    per_node: dict[str, dict] = {}
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            name = e["name"][: -len("_kernel_time")]
-            row = per_node.setdefault(name, {"node": name, "op_type": e.get("args", {}).get("op_name", "?"),
-                                             "total_us": 0.0, "calls": 0})
-            row["total_us"] += float(e.get("dur", 0))
-            row["calls"] += 1
+    session = ProfiledSession(onnx_path, batch=config.batch, threads=config.threads, seed=config.seed)
+    session.run(runs + 1)
+    kernels, durations = session.finish(skip=1)
+    per_node = {k.name: {"node": k.name, "op_type": k.op_type, "total_us": float(sum(durations.get(k.name, []))),
+                         "calls": len(durations.get(k.name, []))} for k in kernels}
     total = sum(r["total_us"] for r in per_node.values()) or 1.0
     rows = sorted(per_node.values(), key=lambda r: -r["total_us"])
     by_op: dict[str, float] = {}

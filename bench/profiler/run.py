@@ -38,7 +38,7 @@ import numpy as np
 from edgecompress.devices import microbench
 from edgecompress.devices.estimate import fit_calibration, layer_costs, predict_latency, save_calibration
 from edgecompress.devices.host import host_info, package_version
-from edgecompress.devices.ort_kernels import MAC_CLASSES, Kernel, runtime_kernels, save_kernel_model
+from edgecompress.devices.ort_kernels import MAC_CLASSES, runtime_kernels, save_kernel_model
 from edgecompress.devices.profiles import cache_dir, host_measurements
 from edgecompress.devices.timing import interleaved
 from edgecompress.fileio import write_json_atomic, write_text_atomic
@@ -135,8 +135,7 @@ def main() -> None:
     passes += [measure_pass(args) for _ in range(args.passes - len(passes))]
     load_after = _loadavg()
     zoo_kernels = {n: runtime_kernels(paths[n], threads=args.threads) for n in names}
-    syn_err = np.array([kernel_model.latency_ms([Kernel(**k) for k in v["kernels"]]) / v["measured_ms"] - 1
-                        for v in synthetic["networks"].values()])
+    syn_err = np.array([v["error"] for v in synthetic["networks"].values()])
     samples = {n: [x for p in passes for x in p[n]] for n in names}
     q = args.percentile
     measured = np.array([np.percentile(samples[n], q) for n in names])

@@ -180,6 +180,8 @@ def test_calibrate_fits_a_model_that_predict_for_device_uses(tmp_path):
     assert calls == [1]  # between the two rounds, not after the last
     assert model.source == "measured" and "14 synthetic networks" in model.ref
     assert len(data["networks"]) == 14 and all(v["measured_ms"] > 0 for v in data["networks"].values())
+    v = next(iter(data["networks"].values()))  # the in-sample error is the model's on that network's kernels
+    assert v["error"] == pytest.approx(model.latency_ms([Kernel(**k) for k in v["kernels"]]) / v["measured_ms"] - 1)
     assert "conv" in model.classes
     onnx_path = _net(tmp_path / "m.onnx")
     host = load_profile("host", measure_host=True)
